@@ -1,0 +1,5 @@
+import sys
+
+from reltrust.cli import main
+
+sys.exit(main())

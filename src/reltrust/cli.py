@@ -1,0 +1,55 @@
+"""`reltrust …`: the command line. Thin: it parses arguments and calls the library.
+
+Each subcommand has one `_add_<name>` function that declares its arguments and points at the
+function that runs it; the work itself lives in `reltrust.trust` and `reltrust.workbench`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_distance(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("distance", help="per-layer relative change and deep relative trust between two checkpoints")
+    p.add_argument("before", help="checkpoint or state dict (.pt) of the first network")
+    p.add_argument("after", help="checkpoint or state dict (.pt) of the second network")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--include-biases", action="store_true", help="count 1-d tensors (biases, norm weights) as layers")
+
+    def run(args: argparse.Namespace) -> int:
+        from reltrust.trust.cli import distance_command
+
+        return distance_command(args)
+
+    p.set_defaults(func=run)
+
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="run one study of the papers and write its results, figures and report")
+    p.add_argument("study", help="which study (e.g. depth, trust)")
+    p.add_argument("--quick", action="store_true", help="the scaled-down grid that finishes in minutes on 2 cores")
+    p.add_argument("--out", default=None, help="output folder (default: runs/<study>[-quick])")
+
+    def run(args: argparse.Namespace) -> int:
+        from reltrust.workbench.cli import reproduce_command
+
+        return reproduce_command(args)
+
+    p.set_defaults(func=run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reltrust", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_distance(sub)
+    _add_reproduce(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
