@@ -147,6 +147,10 @@ def test_not_installed_messages(tmp_path, monkeypatch):
         load_dataset("mnist-idx")
     with pytest.raises(DatasetNotInstalledError, match=r"apt-get install dataset-fashion-mnist"):
         load_dataset("fashion-mnist", data_dir=tmp_path)
+    d = make_idx_dir(tmp_path / "partial", gz=False)
+    (d / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DatasetNotInstalledError, match=r"missing in data_dir: t10k-labels-idx1-ubyte\)"):
+        load_dataset("mnist", data_dir=d)
     monkeypatch.setattr(D, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(DatasetNotInstalledError, match=r"apt-get install dataset-fashion-mnist"):
         load_dataset("fashion-mnist")

