@@ -9,6 +9,10 @@ float32 from the start.
 
 `ops` runs an elementwise op over a list either as one multi-tensor (`torch._foreach_*`) call or as a
 per-tensor loop. Both paths run the same arithmetic on the same operands, so they agree exactly.
+
+A third implementation, the native CPU kernels of `reltrust.optim._native`, is chosen per bucket by
+each update function from the group's `fused` setting (`fused_choice`): by default it runs wherever it
+applies (contiguous CPU tensors computed in float32) unless the group names `foreach` explicitly.
 """
 from __future__ import annotations
 
@@ -71,6 +75,15 @@ class ops:
                 o.copy_(s)
 
 
+def fused_choice(group: dict[str, Any]) -> bool | None:
+    """The `fused` argument a group's update passes on: the native kernels where they apply (None),
+    required (True) or never (False). A group that names `foreach` explicitly asks for that torch path."""
+    fused = group.get("fused")
+    if fused is None and group.get("foreach") is not None:
+        return False
+    return fused
+
+
 def check_float(name: str, value: Any, low: float, high: float | None = None, *, low_open=False, high_open=True) -> None:
     """Raise ValueError naming `name` unless low ≤ value ≤ high (brackets per the *_open flags)."""
     if isinstance(value, torch.Tensor):
@@ -91,6 +104,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params, defaults: dict[str, Any]) -> None:
         defaults.setdefault("trust_ratio", True)
+        defaults.setdefault("fused", None)
+        if defaults["fused"] is not None and not isinstance(defaults["fused"], bool):
+            raise ValueError(f"Invalid fused: {defaults['fused']!r}; expected None, True or False")
+        if defaults["fused"] and defaults.get("foreach"):
+            raise ValueError("fused=True and foreach=True cannot both be set; pick one implementation")
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:

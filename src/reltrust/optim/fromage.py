@@ -6,8 +6,11 @@ from typing import Any
 
 import torch
 
+from reltrust.optim import _native
 from reltrust.optim import trust_ratio as tr
-from reltrust.optim._base import Bucket, LayerwiseOptimizer, check_float, ops, per_tensor, scalar_state, state_zeros
+from reltrust.optim._base import (
+    Bucket, LayerwiseOptimizer, check_float, fused_choice, ops, per_tensor, scalar_state, state_zeros,
+)
 
 
 class Fromage(LayerwiseOptimizer):
@@ -38,9 +41,14 @@ class Fromage(LayerwiseOptimizer):
         momentum: β in [0, 1). The paper's remedy for the instability at small batch size: the rule is
             applied to the exponential moving average m of the gradient instead of g. Its scale is
             irrelevant (r normalises it); β sets how many steps' gradients it averages (≈ 1/(1−β)).
-        foreach: multi-tensor ``torch._foreach_*`` kernels (default) or a per-tensor loop; both give
-            the same result.
+        foreach: multi-tensor ``torch._foreach_*`` kernels (True) or a per-tensor loop (False); both
+            give the same result.
         maximize: ascend instead of descend.
+        fused: the native CPU kernels (`reltrust.optim._native`): None (default) uses them for
+            contiguous CPU float32/16-bit tensors when they are built and ``foreach`` is not set,
+            True requires them, False never uses them. They compute norms, ratios and the update in
+            two passes over memory (20 bytes per float32 element, like SGD with momentum) and agree
+            with the torch path to float32 rounding.
 
     Parameters without a gradient are left untouched; sparse gradients raise an error. For DTensor
     (FSDP2) parameters every norm is of the whole logical tensor: one all-reduce of the per-tensor
@@ -56,12 +64,15 @@ class Fromage(LayerwiseOptimizer):
         *,
         foreach: bool | None = None,
         maximize: bool = False,
+        fused: bool | None = None,
     ) -> None:
         check_float("lr", lr, 0.0)
         if p_bound is not None:
             check_float("p_bound", p_bound, 0.0, low_open=True)
         check_float("momentum", momentum, 0.0, 1.0)
-        defaults = dict(lr=lr, p_bound=p_bound, momentum=momentum, foreach=foreach, maximize=maximize)
+        defaults = dict(
+            lr=lr, p_bound=p_bound, momentum=momentum, foreach=foreach, maximize=maximize, fused=fused
+        )
         super().__init__(params, defaults)
 
     def _init_state(self, group: dict[str, Any], p: torch.Tensor, state: dict[str, Any]) -> None:
@@ -83,6 +94,7 @@ class Fromage(LayerwiseOptimizer):
             maximize=group["maximize"],
             foreach=foreach,
             like=b.like,
+            fused=fused_choice(group),
         )
 
 
@@ -99,16 +111,23 @@ def fromage_update(
     maximize: bool = False,
     foreach: bool = True,
     like: list[torch.Tensor] | None = None,
+    fused: bool | None = None,
 ) -> None:
     """Functional Fromage step over same-device, same-dtype tensors (see `Fromage` for the rule).
 
     Reads p and u for the norms, then updates p in place: p += (∓η·r)·u, p *= 1/√(1+η²). No host
-    synchronisation and no full-size temporaries.
+    synchronisation and no full-size temporaries. `fused`: as in `Fromage` (None: native kernels
+    where they apply).
     """
     like = like if like is not None else params
+    if momentum > 0 and momentum_buffers is None:
+        raise ValueError("fromage_update: momentum > 0 needs momentum_buffers")
+    if p_bound is not None and initial_norms is None:
+        raise ValueError("fromage_update: p_bound needs initial_norms")
+    if _native.use(fused, params, grads, momentum_buffers if momentum > 0 else None):
+        return _fromage_native(params, grads, momentum_buffers, initial_norms, lr=lr, momentum=momentum,
+                               p_bound=p_bound, trust_ratio=trust_ratio, maximize=maximize, like=like)
     if momentum > 0:
-        if momentum_buffers is None:
-            raise ValueError("fromage_update: momentum > 0 needs momentum_buffers")
         ops.lerp_(momentum_buffers, grads, 1.0 - momentum, foreach)  # m ← β·m + (1−β)·g
         direction = momentum_buffers
     else:
@@ -123,8 +142,6 @@ def fromage_update(
     ops.mul_(params, 1.0 / math.sqrt(1.0 + lr * lr), foreach)
 
     if p_bound is not None:
-        if initial_norms is None:
-            raise ValueError("fromage_update: p_bound needs initial_norms")
         recorded = torch.stack(initial_norms)
         recorded = torch.where(recorded.isnan(), weight_norm.to(recorded.dtype), recorded)
         ops.copy_(initial_norms, per_tensor(recorded), foreach)
@@ -132,3 +149,40 @@ def fromage_update(
         new_norm = tr.norms(params, like=like, foreach=foreach)
         scale = torch.where(new_norm > limit, limit / new_norm, torch.ones_like(new_norm))
         ops.mul_(params, list(per_tensor(scale)), foreach)
+
+
+def _fromage_native(params, grads, momentum_buffers, initial_norms, *, lr, momentum, p_bound, trust_ratio,
+                    maximize, like) -> None:
+    """The same step on the native kernels: one pass for the norms (and the momentum update), one
+    for p ← (p + coef·u)·c (which also returns ‖p_new‖ when p_bound needs it), and with p_bound a
+    rescale of only the tensors that exceed their bound. The ratio is `trust_ratio.trust_ratio` on the
+    reduced norms, as on the torch path."""
+    need_weight_norm = trust_ratio or p_bound is not None
+    if momentum > 0:
+        weight_norm, direction_norm = _native.lerp_norms(
+            params, grads, momentum_buffers, 1.0 - momentum, need_pnorm=need_weight_norm
+        )
+        direction = momentum_buffers
+    else:
+        direction = grads
+        if trust_ratio:
+            weight_norm, direction_norm = _native.norms(params, grads)
+        else:
+            weight_norm = _native.norms(params)[0] if need_weight_norm else None
+    if weight_norm is not None:
+        weight_norm = tr.reduce_norms(weight_norm, like)
+    if trust_ratio:
+        ratio = tr.trust_ratio(weight_norm, tr.reduce_norms(direction_norm, like))
+        coef = ratio.mul_(lr if maximize else -lr)
+    else:
+        coef = torch.full((len(params),), lr if maximize else -lr, dtype=torch.float32)
+    new_norm = _native.fromage_update(
+        params, direction, coef, 1.0 / math.sqrt(1.0 + lr * lr), want_norm=p_bound is not None
+    )
+    if p_bound is not None:
+        recorded = torch.stack(initial_norms)
+        recorded = torch.where(recorded.isnan(), weight_norm.to(recorded.dtype), recorded)
+        ops.copy_(initial_norms, per_tensor(recorded), True)
+        limit = p_bound * recorded.to(weight_norm.dtype)
+        new_norm = tr.reduce_norms(new_norm, like)
+        _native.scale_(params, torch.where(new_norm > limit, limit / new_norm, torch.ones_like(new_norm)))

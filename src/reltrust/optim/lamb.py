@@ -5,8 +5,11 @@ from typing import Any
 
 import torch
 
+from reltrust.optim import _native
 from reltrust.optim import trust_ratio as tr
-from reltrust.optim._base import Bucket, LayerwiseOptimizer, check_float, ops, per_tensor, scalar_state, state_zeros
+from reltrust.optim._base import (
+    Bucket, LayerwiseOptimizer, check_float, fused_choice, ops, per_tensor, scalar_state, state_zeros,
+)
 
 # The Adam direction u is never materialised for a whole model at once: it is built for pieces of at
 # most CHUNK elements, BLOCK elements at a time, so the temporaries stay small (and in cache) however
@@ -35,6 +38,10 @@ class LAMB(LayerwiseOptimizer):
     Args:
         lr: η ≥ 0.   betas: (β₁, β₂), each in [0, 1).   eps: ε ≥ 0.   weight_decay: λ ≥ 0.
         foreach, maximize: as in torch.optim.
+        fused: the native CPU kernels: None (default) where they apply and ``foreach`` is not set,
+            True required, False never (see `reltrust.optim.Fromage`). Pass 1 updates m and v and
+            takes the norms of W and u; pass 2 recomputes u and updates W (40 bytes per float32
+            element; u is never stored).
 
     DTensor parameters: one all-reduce each for the squared norms of W and of u.
     """
@@ -49,6 +56,7 @@ class LAMB(LayerwiseOptimizer):
         *,
         foreach: bool | None = None,
         maximize: bool = False,
+        fused: bool | None = None,
     ) -> None:
         check_float("lr", lr, 0.0)
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
@@ -58,7 +66,8 @@ class LAMB(LayerwiseOptimizer):
         check_float("eps", eps, 0.0)
         check_float("weight_decay", weight_decay, 0.0)
         defaults = dict(
-            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach, maximize=maximize
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach, maximize=maximize,
+            fused=fused,
         )
         super().__init__(params, defaults)
 
@@ -85,6 +94,7 @@ class LAMB(LayerwiseOptimizer):
             maximize=group["maximize"],
             foreach=foreach,
             like=b.like,
+            fused=fused_choice(group),
         )
 
 
@@ -158,9 +168,13 @@ def lamb_update(
     maximize: bool = False,
     foreach: bool = True,
     like: list[torch.Tensor] | None = None,
+    fused: bool | None = None,
 ) -> None:
     """Functional LAMB step over same-device, same-dtype tensors (see `LAMB` for the rule)."""
     like = like if like is not None else params
+    if _native.use(fused, params, grads, exp_avgs, exp_avg_sqs):
+        return _lamb_native(params, grads, exp_avgs, exp_avg_sqs, steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                            weight_decay=weight_decay, trust_ratio=trust_ratio, maximize=maximize, like=like)
     if foreach:
         torch._foreach_add_(steps, 1.0)
         torch._foreach_mul_(exp_avg_sqs, beta2)
@@ -211,3 +225,24 @@ def lamb_update(
     for start, block in zip(starts, blocks):
         u = cached if cached is not None else directions(start, block)
         ops.addcmul_([v[0] for _, v in block], u, piece_coef[start : start + len(block)], foreach)
+
+
+def _lamb_native(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, eps, weight_decay, trust_ratio,
+                 maximize, like) -> None:
+    """The same step on the native kernels: pass 1 updates m and v and returns ‖W‖ and ‖u‖ (u is
+    computed and dropped), pass 2 recomputes u from m and v and updates W. 40 bytes per element."""
+    torch._foreach_add_(steps, 1.0)
+    t = torch.stack(steps).to(dtype=torch.float32)
+    bias1 = 1.0 - torch.pow(beta1, t)
+    bias2_sqrt = (1.0 - torch.pow(beta2, t)).sqrt_()
+    weight_norm, update_norm = _native.lamb_pass1(
+        params, grads, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, beta1=beta1, beta2=beta2, eps=eps,
+        weight_decay=weight_decay, maximize=maximize, need_norms=trust_ratio,
+    )
+    if trust_ratio:
+        ratio = tr.trust_ratio(tr.reduce_norms(weight_norm, like), tr.reduce_norms(update_norm, like))
+        coef = ratio.mul_(-lr)
+    else:
+        coef = torch.full_like(t, -lr)
+    _native.lamb_pass2(params, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, coef, eps=eps, weight_decay=weight_decay,
+                       maximize=maximize)

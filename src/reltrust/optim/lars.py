@@ -5,8 +5,9 @@ from typing import Any
 
 import torch
 
+from reltrust.optim import _native
 from reltrust.optim import trust_ratio as tr
-from reltrust.optim._base import Bucket, LayerwiseOptimizer, check_float, ops, per_tensor, state_zeros
+from reltrust.optim._base import Bucket, LayerwiseOptimizer, check_float, fused_choice, ops, per_tensor, state_zeros
 
 
 class LARS(LayerwiseOptimizer):
@@ -31,9 +32,13 @@ class LARS(LayerwiseOptimizer):
         eps: ε ≥ 0 in the ratio's denominator.
         nesterov: Nesterov momentum (needs momentum > 0).
         foreach, maximize: as in torch.optim.
+        fused: the native CPU kernels: None (default) where they apply and ``foreach`` is not set,
+            True required, False never (see `reltrust.optim.Fromage`). They read W and g once for
+            the norms and update v and W in one more pass (28 bytes per float32 element, like Adam).
 
-    The step needs no temporaries: the buffer is updated by three in-place passes (μ·v, +η·r·g,
-    +η·r·λ·W). DTensor parameters: one all-reduce of the per-tensor squared norms of W and g.
+    The step needs no temporaries: on the torch path the buffer is updated by three in-place passes
+    (μ·v, +η·r·g, +η·r·λ·W). DTensor parameters: one all-reduce of the per-tensor squared norms of W
+    and g.
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class LARS(LayerwiseOptimizer):
         *,
         foreach: bool | None = None,
         maximize: bool = False,
+        fused: bool | None = None,
     ) -> None:
         check_float("lr", lr, 0.0)
         check_float("momentum", momentum, 0.0, 1.0)
@@ -58,7 +64,7 @@ class LARS(LayerwiseOptimizer):
             raise ValueError("Invalid nesterov=True: Nesterov momentum requires momentum in (0, 1)")
         defaults = dict(
             lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
-            eps=eps, nesterov=nesterov, foreach=foreach, maximize=maximize,
+            eps=eps, nesterov=nesterov, foreach=foreach, maximize=maximize, fused=fused,
         )
         super().__init__(params, defaults)
 
@@ -81,6 +87,7 @@ class LARS(LayerwiseOptimizer):
             maximize=group["maximize"],
             foreach=foreach,
             like=b.like,
+            fused=fused_choice(group),
         )
 
 
@@ -99,18 +106,32 @@ def lars_update(
     maximize: bool = False,
     foreach: bool = True,
     like: list[torch.Tensor] | None = None,
+    fused: bool | None = None,
 ) -> None:
     """Functional LARS step over same-device, same-dtype tensors (see `LARS` for the rule)."""
     like = like if like is not None else params
+    if momentum != 0 and momentum_buffers is None:
+        raise ValueError("lars_update: momentum > 0 needs momentum_buffers")
+    native = _native.use(fused, params, grads, momentum_buffers if momentum != 0 else None)
     if trust_ratio:
-        weight_norm = tr.norms(params, like=like, foreach=foreach)
-        grad_norm = tr.norms(grads, like=like, foreach=foreach)
+        if native:
+            weight_norm, grad_norm = (tr.reduce_norms(n, like) for n in _native.norms(params, grads))
+        else:
+            weight_norm = tr.norms(params, like=like, foreach=foreach)
+            grad_norm = tr.norms(grads, like=like, foreach=foreach)
         step = tr.trust_ratio(
             weight_norm, grad_norm, coefficient=trust_coefficient, weight_decay=weight_decay, eps=eps
         ).mul_(lr)
     else:
         step = torch.full((len(params),), lr, dtype=params[0].dtype, device=params[0].device)
     grad_step = -step if maximize else step  # η·r·(±1), the coefficient of g in the direction
+    if native:  # one pass: v ← μ·v + (±η·r)·g + η·r·λ·W, W ← W − v (or the Nesterov form)
+        _native.lars_update(
+            params, grads, momentum_buffers if momentum != 0 else None, grad_step, -grad_step,
+            step * weight_decay if weight_decay else None, 1.0 - step * weight_decay if weight_decay else None,
+            momentum=momentum, nesterov=nesterov, want_norm=False,
+        )
+        return
     shrink = list(per_tensor(1.0 - step * weight_decay)) if weight_decay else None  # 1 − η·r·λ
 
     if momentum == 0:  # W ← W − η·r·(±g + λW) = (1 − η·r·λ)·W ∓ η·r·g
@@ -118,8 +139,6 @@ def lars_update(
             ops.mul_(params, shrink, foreach)
         ops.addcmul_(params, grads, per_tensor(-grad_step), foreach)
         return
-    if momentum_buffers is None:
-        raise ValueError("lars_update: momentum > 0 needs momentum_buffers")
     # v ← μ·v + η·r·(±g + λW), with W the weights before this step
     ops.mul_(momentum_buffers, momentum, foreach)
     ops.addcmul_(momentum_buffers, grads, per_tensor(grad_step), foreach)

@@ -1,0 +1,278 @@
+"""Optimiser step speed against peers and against the machine's memory-bandwidth floor.
+
+    python benchmarks/step_speed.py --quick              # < 1 minute
+    python benchmarks/step_speed.py                      # the README table (all sets, 15 rounds)
+    python benchmarks/step_speed.py --sets gpt2 --rounds 21 --threads 2
+
+An optimiser step is memory-bound: it costs at least (bytes it must move) / (memory bandwidth). Per
+float32 element: fused SGD with momentum and Fromage move 20 bytes, fused Adam and LARS (momentum,
+decay) 28, LAMB 40. The script measures every contender on each parameter set in ONE process, in
+interleaved rounds (each round runs every contender once, in a rotated order), so that a noisy
+neighbour slows all of them alike; it reports medians over rounds, and each contender's ratio to the
+fused torch optimiser with the same byte floor (Fromage → SGD-momentum; LARS, LAMB → Adam).
+
+All contenders update the SAME parameter tensors (with their own state), which keeps memory at about
+(2 + Σ state) × model size; the values stay finite and in the normal range, so timings are unaffected.
+Gradients are restored from a master copy before every round (a peer may modify p.grad in place).
+
+Peers: torch.optim.SGD/Adam(fused=True); pytorch_optimizer's Fromage, LARS, Lamb (if installed);
+timm's Lamb and Lars where they import: from an installed timm, or from a timm wheel or unpacked
+source tree given by --timm or $RELTRUST_TIMM (`pip download --no-deps timm -d /tmp/timm`), loaded
+without importing timm's package __init__ (no torchvision needed). Nothing is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import glob
+import importlib
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import types
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+import reltrust.optim as ro  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------------
+# parameter sets
+
+
+def gpt2_small_shapes() -> list[tuple[int, ...]]:
+    """GPT-2 small (124M, tied LM head): wte, wpe, 12 blocks, final LayerNorm."""
+    d, v, ctx, layers = 768, 50257, 1024, 12
+    shapes: list[tuple[int, ...]] = [(v, d), (ctx, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+    return shapes + [(d,), (d,)]
+
+
+SETS = {
+    "gpt2": ("GPT-2 small shapes (148 tensors)", gpt2_small_shapes),
+    "mlp": ("deep narrow MLP: 200 × (256×256 + bias)", lambda: [(256, 256), (256,)] * 200),
+    "big": ("one 16M-element tensor", lambda: [(1 << 24,)]),
+}
+
+
+def make_params(shapes, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    params, grads = [], []
+    for shape in shapes:
+        p = torch.nn.Parameter(torch.randn(shape, generator=gen) * 0.02)
+        g = torch.randn(shape, generator=gen) * 1e-3
+        p.grad = g
+        params.append(p)
+        grads.append(g.clone())  # master copy
+    return params, grads
+
+
+# ---------------------------------------------------------------------------------------------------
+# peers
+
+
+def load_timm(path: str | None):
+    """timm's Lamb and Lars classes, or None. Never imports timm/__init__ (it may want torchvision)."""
+    try:
+        lamb = importlib.import_module("timm.optim.lamb")
+        lars = importlib.import_module("timm.optim.lars")
+        return lamb.Lamb, lars.Lars, "timm (installed)"
+    except Exception:
+        pass
+    candidates = [path] if path else []
+    if os.environ.get("RELTRUST_TIMM"):
+        candidates.append(os.environ["RELTRUST_TIMM"])
+    candidates += sorted(glob.glob("/tmp/**/timm-*.whl", recursive=True))
+    for cand in candidates:
+        if not cand or not os.path.exists(cand):
+            continue
+        root = cand
+        if os.path.isdir(cand) and os.path.isdir(os.path.join(cand, "timm")):
+            root = os.path.join(cand, "timm")
+        optim_dir = os.path.join(root, "optim") if not cand.endswith(".whl") else cand + "/timm/optim"
+        pkg = "_reltrust_bench_timm_optim"
+        try:
+            mod = types.ModuleType(pkg)
+            mod.__path__ = [optim_dir]  # a wheel path works too: zipimport handles archive/subdir
+            sys.modules[pkg] = mod
+            lamb = importlib.import_module(pkg + ".lamb")
+            lars = importlib.import_module(pkg + ".lars")
+            return lamb.Lamb, lars.Lars, f"timm from {cand}"
+        except Exception:
+            for name in [n for n in sys.modules if n.startswith(pkg)]:
+                del sys.modules[name]
+    return None
+
+
+def contenders(params, timm, only=None):
+    """name → (family, factory). family: the fused torch baseline with the same byte floor."""
+    c = {
+        "torch SGD-momentum fused": ("sgd", lambda: torch.optim.SGD(params, lr=1e-3, momentum=0.9, fused=True)),
+        "torch Adam fused": ("adam", lambda: torch.optim.Adam(params, lr=1e-4, fused=True)),
+        "reltrust Fromage": ("sgd", lambda: ro.Fromage(params, lr=0.01)),
+        "reltrust LARS": ("adam", lambda: ro.LARS(params, lr=0.1, momentum=0.9, weight_decay=1e-4)),
+        "reltrust LAMB": ("adam", lambda: ro.LAMB(params, lr=1e-4, weight_decay=0.01)),
+    }
+    try:
+        import pytorch_optimizer as po
+
+        c["pytorch_optimizer Fromage"] = ("sgd", lambda: po.Fromage(params, lr=0.01))
+        c["pytorch_optimizer LARS"] = (
+            "adam", lambda: po.LARS(params, lr=0.1, momentum=0.9, weight_decay=1e-4))
+        c["pytorch_optimizer Lamb"] = (
+            "adam", lambda: po.Lamb(params, lr=1e-4, weight_decay=0.01, weight_decouple=False))
+    except Exception as exc:  # pragma: no cover - optional peer
+        print(f"# pytorch_optimizer not available: {exc}")
+    if timm is not None:
+        Lamb, Lars, _ = timm
+        c["timm Lamb"] = ("adam", lambda: Lamb(params, lr=1e-4, weight_decay=0.01, max_grad_norm=None))
+        c["timm Lars"] = ("adam", lambda: Lars(params, lr=0.1, momentum=0.9, weight_decay=1e-4))
+    if only:
+        c = {k: v for k, v in c.items() if any(o.lower() in k.lower() for o in only) or k in BASELINE.values()}
+    return c
+
+
+FLOOR_BYTES = {  # bytes per fp32 element the step must move at least (reads + writes)
+    "torch SGD-momentum fused": 20, "torch Adam fused": 28,
+    "reltrust Fromage": 20, "reltrust LARS": 28, "reltrust LAMB": 40,
+    "pytorch_optimizer Fromage": 20, "pytorch_optimizer LARS": 28, "pytorch_optimizer Lamb": 40,
+    "timm Lamb": 40, "timm Lars": 28,
+}
+BASELINE = {"sgd": "torch SGD-momentum fused", "adam": "torch Adam fused"}
+
+
+def state_bytes(opt) -> int:
+    seen, total = set(), 0
+    for st in opt.state.values():
+        for v in st.values():
+            if isinstance(v, torch.Tensor) and v.data_ptr() not in seen:
+                seen.add(v.data_ptr())
+                total += v.numel() * v.element_size()
+    return total
+
+
+# ---------------------------------------------------------------------------------------------------
+# bandwidth floor
+
+
+def bandwidth(params, grads, reps=5):
+    """GB/s of p.add_(g) (12 B/elt) and of norms of p (4 B/elt), over this set's tensors."""
+    n = sum(p.numel() for p in params)
+    ps = [p.detach() for p in params]
+    add, nrm = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch._foreach_add_(ps, grads, alpha=0.0)
+        add.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        torch._foreach_norm(ps)
+        nrm.append(time.perf_counter() - t)
+    return 12 * n / statistics.median(add) / 1e9, 4 * n / statistics.median(nrm) / 1e9
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def run_set(key, rounds, only, timm, warmup=2):
+    title, shapes_fn = SETS[key]
+    shapes = shapes_fn()
+    params, master = make_params(shapes)
+    n = sum(p.numel() for p in params)
+    print(f"\n## {key}: {title}: {len(params)} tensors, {n / 1e6:.1f}M parameters, "
+          f"{n * 4 / 2**20:.0f} MiB per fp32 copy")
+    add_bw, norm_bw = bandwidth(params, [p.grad for p in params])
+    print(f"measured bandwidth: add_ {add_bw:.1f} GB/s, norm {norm_bw:.1f} GB/s "
+          f"(floor at add_ bandwidth: 20 B/elt = {20 * n / add_bw / 1e6:.1f} ms, "
+          f"28 B/elt = {28 * n / add_bw / 1e6:.1f} ms, 40 B/elt = {40 * n / add_bw / 1e6:.1f} ms)")
+    opts, families, setup = {}, {}, {}
+    for name, (family, factory) in contenders(params, timm, only).items():
+        t = time.perf_counter()
+        try:
+            opt = factory()
+            for _ in range(warmup):
+                opt.step()
+        except Exception as exc:
+            print(f"# {name}: skipped ({type(exc).__name__}: {exc})")
+            continue
+        setup[name] = time.perf_counter() - t
+        opts[name], families[name] = opt, family
+    for p in params:
+        if not torch.isfinite(p).all():
+            raise RuntimeError("warm-up made a parameter non-finite")
+    times = {name: [] for name in opts}
+    names = list(opts)
+    for r in range(rounds):
+        with torch.no_grad():
+            for p, m in zip(params, master):
+                p.grad.copy_(m)
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            t = time.perf_counter()
+            opts[name].step()
+            times[name].append(time.perf_counter() - t)
+    med = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+    print(f"\n| optimiser | ms/step (median of {rounds}) | min | state MiB | floor B/elt | × floor(add_) "
+          "| ratio to fused torch (same floor) |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for name in names:
+        base = BASELINE[families[name]]
+        ratio = med[name] / med[base] if base in med else float("nan")
+        fb = FLOOR_BYTES.get(name, 0)
+        floor_ms = fb * n / add_bw / 1e6
+        print(f"| {name} | {med[name]:.1f} | {min(times[name]) * 1e3:.1f} | {state_bytes(opts[name]) / 2**20:.0f} "
+              f"| {fb} | {med[name] / floor_ms:.2f} | {ratio:.2f} × {base.split()[1]} |")
+    slow = [n_ for n_ in names if setup[n_] > 5]
+    if slow:
+        print("setup incl. warm-up steps (s): " + ", ".join(f"{n_} {setup[n_]:.1f}" for n_ in slow))
+    for p in params:
+        if not torch.isfinite(p).all():
+            raise RuntimeError("a parameter went non-finite during the benchmark")
+    del opts
+    gc.collect()
+    return med
+
+
+def machine() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except Exception:
+        model = platform.processor() or "unknown CPU"
+    return model
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sets", default="gpt2,mlp,big", help="comma list of: " + ", ".join(SETS))
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--only", default=None, help="comma list of substrings of contender names (baselines kept)")
+    ap.add_argument("--timm", default=None, help="timm wheel or source tree (see module docstring)")
+    ap.add_argument("--quick", action="store_true", help="mlp and big sets, 5 rounds (< 1 minute)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sets, rounds = args.sets.split(","), args.rounds
+    if args.quick:
+        sets, rounds = ["mlp", "big"], 5
+    timm = load_timm(args.timm)
+    print(f"# {machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{timm[2] if timm else 'timm: not found'}")
+    try:
+        from reltrust.optim import _native
+
+        print(f"# reltrust native kernels: {_native.describe()}")
+    except ImportError:
+        pass
+    only = args.only.split(",") if args.only else None
+    for key in sets:
+        run_set(key, rounds, only, timm)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""Native CPU kernels for the layerwise optimisers: build on first use, cache, or fall back.
+
+The kernels (`_cpp/kernels_src.py`, plain C + OpenMP, no torch headers) fuse what the torch path does
+in several passes: Fromage's update ``p ← (p + coef·u)·c`` in one pass (20 B/element in all, against
+28), LARS's buffer and weight update in one pass, LAMB's moments + norms of its direction in one pass
+and the weight update in a second, each optionally also returning the norm of the new weights.
+
+They are compiled by the system C compiler (``$CC``, else ``cc``/``gcc``; about a second) into the
+torch extensions directory (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), named by
+a hash of the source, the flags, the compiler and the CPU, and loaded with ctypes. Anything that goes
+wrong — no compiler, a failed build, a platform other than Linux, torch not running on OpenMP — makes
+`available()` false and the optimisers use their pure-PyTorch path; the reason is in `describe()`.
+
+Environment: ``RELTRUST_NATIVE=0`` never builds or uses the kernels; ``RELTRUST_NATIVE=1`` raises if
+they cannot be built (for CI jobs that mean to test them).
+
+The kernels run on float32, contiguous CPU tensors (`supported`); they modify tensors in place
+through their data pointers, so the wrappers bump the tensors' version counters as torch's own
+in-place ops would. No wrapper reads a tensor value on the host beyond what the CPU computes anyway.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from array import array
+from collections.abc import Sequence
+
+import torch
+
+from reltrust.optim._cpp.kernels_src import SOURCE
+
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno",
+          "-std=c11"]
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_reason = "not built yet"
+_tried = False
+
+
+def _mode() -> str:
+    return os.environ.get("RELTRUST_NATIVE", "auto").strip().lower()
+
+
+def _compiler() -> str | None:
+    for cand in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cand and shutil.which(cand):
+            return shutil.which(cand)
+    return None
+
+
+def _cpu_id() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return line
+    except OSError:
+        pass
+    return ""
+
+
+def _build_dir() -> str:
+    try:
+        from torch.utils.cpp_extension import get_default_build_root
+
+        root = get_default_build_root()
+    except Exception:  # pragma: no cover - very old torch
+        root = os.path.join(tempfile.gettempdir(), "torch_extensions")
+    return os.path.join(root, "reltrust_kernels")
+
+
+def _build(cc: str) -> str:
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\0".join([SOURCE, " ".join(_FLAGS), version, _cpu_id()]).encode()).hexdigest()[:16]
+    directory = _build_dir()
+    os.makedirs(directory, exist_ok=True)
+    target = os.path.join(directory, f"reltrust_kernels_{key}.so")
+    if os.path.exists(target):
+        return target
+    fd, tmp_src = tempfile.mkstemp(suffix=".c", dir=directory)
+    with os.fdopen(fd, "w") as f:
+        f.write(SOURCE)
+    tmp_so = tmp_src[:-2] + ".so"
+    try:
+        proc = subprocess.run([cc, *_FLAGS, tmp_src, "-o", tmp_so, "-lm"], capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-2000:]}")
+        os.replace(tmp_so, target)  # atomic: concurrent builders leave one complete file
+    finally:
+        for path in (tmp_src, tmp_so):
+            if os.path.exists(path):
+                os.remove(path)
+    return target
+
+
+def _load() -> None:
+    global _lib, _reason, _tried
+    _tried = True
+    if _mode() in ("0", "off", "false", "no"):
+        _reason = "disabled by RELTRUST_NATIVE=0"
+        return
+    if not sys.platform.startswith("linux"):
+        _reason = f"not built on {sys.platform} (Linux only)"
+        return
+    if "OpenMP" not in torch.__config__.parallel_info():
+        _reason = "torch does not run on OpenMP here"
+        return
+    cc = _compiler()
+    if cc is None:
+        _reason = "no C compiler found ($CC, cc, gcc, clang)"
+        return
+    try:
+        path = _build(cc)
+        lib = ctypes.CDLL(path)
+        if lib.rt_abi_version() != 1:
+            raise RuntimeError("ABI mismatch")
+        _declare(lib)
+    except Exception as exc:
+        _reason = f"build or load failed: {type(exc).__name__}: {exc}"
+        return
+    _lib, _reason = lib, f"loaded {path}"
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    sig = {
+        "rt_norms": [I, I, P, P, P, I],
+        "rt_lerp_norms": [I, P, P, P, P, F, P, P, I],
+        "rt_fromage_update": [I, P, P, P, P, F, P, I],
+        "rt_scale": [I, P, P, P, I],
+        "rt_lars_update": [I, P, P, P, P, P, P, P, P, F, I, I, P, I],
+        "rt_lamb_pass1": [I, P, P, P, P, P, P, P, F, F, F, F, F, I, P, P, I],
+        "rt_lamb_pass2": [I, P, P, P, P, P, P, F, F, I, P, I],
+    }
+    for name, argtypes in sig.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, I
+
+
+def available() -> bool:
+    """True when the kernels are built and loaded (builds them on the first call)."""
+    if not _tried:
+        with _lock:
+            if not _tried:
+                _load()
+                if _lib is None and _mode() in ("1", "on", "true", "yes", "require"):
+                    raise RuntimeError(f"RELTRUST_NATIVE=1 but the native kernels are unavailable: {_reason}")
+    return _lib is not None
+
+
+def describe() -> str:
+    available()
+    return ("available: " if _lib is not None else "unavailable: ") + _reason
+
+
+def supported(*tensor_lists: Sequence[torch.Tensor] | None) -> bool:
+    """Whether the kernels can run on these aligned lists: every tensor a contiguous float32 CPU
+    tensor, and entry i of every list as long as entry i of the first (the kernels index them alike)."""
+    first = None
+    for ts in tensor_lists:
+        if ts is None:
+            continue
+        for t in ts:
+            if not (t.is_cpu and t.dtype is torch.float32 and t.is_contiguous()):
+                return False
+        sizes = list(map(torch.Tensor.numel, ts))
+        if first is None:
+            first = sizes
+        elif sizes != first:
+            return False
+    return True
+
+
+def use(fused: bool | None, *tensor_lists: Sequence[torch.Tensor] | None) -> bool:
+    """Whether an update runs on the native kernels: `fused` None → where they apply, True → required
+    (RuntimeError naming the reason otherwise), False → never."""
+    if fused is False:
+        return False
+    ok = supported(*tensor_lists)
+    if fused and not ok:
+        raise RuntimeError(
+            "fused=True needs contiguous CPU tensors computed in float32 (float32, bfloat16 or float16 "
+            "parameters) with gradients and state of the parameters' sizes"
+        )
+    if ok and not available():
+        if fused:
+            raise RuntimeError(f"fused=True but the native kernels are unavailable: {_reason}")
+        return False
+    return ok
+
+
+# ---------------------------------------------------------------------------------------------------
+# wrappers: aligned lists of tensors in, float32 (N,) vectors out. The arrays of pointers and sizes
+# are held in local variables until the call returns. Tensors written in place get their version
+# counters bumped, as torch's in-place ops do (autograd's check for saved tensors relies on it).
+
+_f32 = torch.float32
+
+
+def _ptrs(ts: Sequence[torch.Tensor] | None) -> array | None:
+    return None if ts is None else array("q", map(torch.Tensor.data_ptr, ts))
+
+
+def _addr(buf: array | None) -> int | None:
+    return None if buf is None else buf.buffer_info()[0]
+
+
+def _sizes(ts: Sequence[torch.Tensor]) -> array:
+    return array("q", map(torch.Tensor.numel, ts))
+
+
+def _vec(x: torch.Tensor | None) -> torch.Tensor | None:
+    """A per-tensor scalar vector as contiguous float32 (what the C side reads), or None."""
+    return None if x is None else x.to(_f32).contiguous()
+
+
+def _out(n: int, wanted: bool = True) -> torch.Tensor | None:
+    return torch.empty(n, dtype=_f32) if wanted else None
+
+
+def _p(x: torch.Tensor | None) -> int | None:
+    return None if x is None else x.data_ptr()
+
+
+def _bump(*lists: Sequence[torch.Tensor] | None) -> None:
+    for ts in lists:
+        if ts is not None:
+            torch._C._increment_version(list(ts))
+
+
+def norms(*lists: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Norms of the tensors of each list (aligned lists), one float32 (N,) vector per list."""
+    n = len(lists[0])
+    outs = [_out(n) for _ in lists]
+    ptrs = array("q")
+    for ts in lists:
+        ptrs.extend(map(torch.Tensor.data_ptr, ts))
+    out_ptrs = array("q", (o.data_ptr() for o in outs))
+    sizes = _sizes(lists[0])
+    _lib.rt_norms(n, len(lists), _addr(ptrs), _addr(sizes), _addr(out_ptrs), torch.get_num_threads())
+    return outs
+
+
+def lerp_norms(params, grads, bufs, weight: float, *, need_pnorm: bool = True):
+    """bufs ← lerp(bufs, grads, weight) as torch.lerp_; returns (‖p‖ or None, ‖bufs‖ after)."""
+    n = len(params)
+    pnorm, mnorm = _out(n, need_pnorm), _out(n)
+    pp, gp, mp, sizes = _ptrs(params), _ptrs(grads), _ptrs(bufs), _sizes(params)
+    _lib.rt_lerp_norms(n, _addr(pp), _addr(gp), _addr(mp), _addr(sizes), weight, _p(pnorm), _p(mnorm),
+                       torch.get_num_threads())
+    _bump(bufs)
+    return pnorm, mnorm
+
+
+def fromage_update(params, directions, coef: torch.Tensor, c: float, *, want_norm: bool):
+    """p ← (p + coef_i·u)·c; returns the norms of the new p when want_norm, else None."""
+    n = len(params)
+    coef, newnorm = _vec(coef), _out(n, want_norm)
+    pp, up, sizes = _ptrs(params), _ptrs(directions), _sizes(params)
+    _lib.rt_fromage_update(n, _addr(pp), _addr(up), _addr(sizes), _p(coef), c, _p(newnorm), torch.get_num_threads())
+    _bump(params)
+    return newnorm
+
+
+def scale_(params, scale: torch.Tensor) -> None:
+    """p_i ← p_i·scale_i, skipping the tensors whose scale is exactly 1."""
+    scale = _vec(scale)
+    pp, sizes = _ptrs(params), _sizes(params)
+    _lib.rt_scale(len(params), _addr(pp), _addr(sizes), _p(scale), torch.get_num_threads())
+    _bump(params)
+
+
+def lars_update(params, grads, bufs, grad_step, neg_grad_step, decay_step, shrink, *, momentum: float,
+                nesterov: bool, want_norm: bool):
+    """LARS's update after the ratio (see kernels_src: rt_lars_update); bufs None: no momentum;
+    decay_step (η·r·λ) and shrink (1 − η·r·λ) None: no weight decay."""
+    n = len(params)
+    mode = 0 if bufs is None else (2 if nesterov else 1)
+    decay = decay_step is not None
+    gs, ngs, wds, shr = _vec(grad_step), _vec(neg_grad_step), _vec(decay_step), _vec(shrink)
+    newnorm = _out(n, want_norm)
+    pp, gp, vp, sizes = _ptrs(params), _ptrs(grads), _ptrs(bufs), _sizes(params)
+    _lib.rt_lars_update(n, _addr(pp), _addr(gp), _addr(vp), _addr(sizes), _p(gs), _p(ngs), _p(wds), _p(shr),
+                        momentum, mode, int(decay), _p(newnorm), torch.get_num_threads())
+    _bump(params, bufs)
+    return newnorm
+
+
+def lamb_pass1(params, grads, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, *, beta1, beta2, eps, weight_decay,
+               maximize, need_norms: bool):
+    """m, v ← LAMB's moment updates; returns (‖W‖, ‖u‖) when need_norms, else (None, None)."""
+    n = len(params)
+    b1, b2s = _vec(bias1), _vec(bias2_sqrt)
+    pnorm, unorm = _out(n, need_norms), _out(n, need_norms)
+    pp, gp, mp, vp, sizes = _ptrs(params), _ptrs(grads), _ptrs(exp_avgs), _ptrs(exp_avg_sqs), _sizes(params)
+    _lib.rt_lamb_pass1(n, _addr(pp), _addr(gp), _addr(mp), _addr(vp), _addr(sizes), _p(b1), _p(b2s),
+                       1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay, int(maximize), _p(pnorm), _p(unorm),
+                       torch.get_num_threads())
+    _bump(exp_avgs, exp_avg_sqs)
+    return pnorm, unorm
+
+
+def lamb_pass2(params, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, coef, *, eps, weight_decay, maximize) -> None:
+    """W ← W + coef·u, u recomputed from the updated m and v."""
+    n = len(params)
+    b1, b2s, coef = _vec(bias1), _vec(bias2_sqrt), _vec(coef)
+    pp, mp, vp, sizes = _ptrs(params), _ptrs(exp_avgs), _ptrs(exp_avg_sqs), _sizes(params)
+    _lib.rt_lamb_pass2(n, _addr(pp), _addr(mp), _addr(vp), _addr(sizes), _p(b1), _p(b2s), eps, weight_decay,
+                       int(maximize), _p(coef), torch.get_num_threads())
+    _bump(params)

@@ -1,0 +1,267 @@
+"""The native CPU kernels (reltrust.optim._native) against the per-tensor torch path.
+
+The kernels replay the torch path's float32 arithmetic op by op (fused multiply-adds where torch's
+vectorised kernels use them), so without norms in play Fromage and LARS agree bit for bit; the norms
+are accumulated more accurately (double per span), so full steps agree to float32 rounding. LAMB
+also differs where torch's sqrt (MKL's, within 1 ulp) is not correctly rounded. No timing here.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from reltrust import LAMB, LARS, Fromage
+from reltrust.optim import _native
+
+pytestmark = pytest.mark.skipif(not _native.available(), reason=f"native kernels: {_native.describe()}")
+
+# sizes chosen to cover: a span boundary (32768), a block tail (not a multiple of 1024), a tensor of
+# one element, a zero-initialised bias, and a tensor of several spans
+SHAPES = [(300, 200), (200,), (5000, 37), (1,), (70001,), (3, 4, 5)]
+
+CASES = [
+    (Fromage, dict(lr=0.01)),
+    (Fromage, dict(lr=0.1, momentum=0.9)),
+    (Fromage, dict(lr=0.1, momentum=0.3)),  # lerp weight ≥ 0.5: torch's other lerp formula
+    (Fromage, dict(lr=0.1, p_bound=1.0)),
+    (Fromage, dict(lr=0.1, p_bound=1.0, momentum=0.5)),
+    (Fromage, dict(lr=0.05, maximize=True)),
+    (LARS, dict(lr=2.0)),
+    (LARS, dict(lr=2.0, weight_decay=0.01, eps=1e-8)),
+    (LARS, dict(lr=2.0, nesterov=True)),
+    (LARS, dict(lr=2.0, nesterov=True, weight_decay=0.01)),
+    (LARS, dict(lr=0.5, momentum=0.0)),
+    (LARS, dict(lr=0.5, momentum=0.0, weight_decay=0.01, trust_coefficient=0.02)),
+    (LARS, dict(lr=1.0, maximize=True, weight_decay=1e-3)),
+    (LAMB, dict(lr=0.01)),
+    (LAMB, dict(lr=0.01, weight_decay=0.1, betas=(0.3, 0.99))),
+    (LAMB, dict(lr=0.01, maximize=True, eps=1e-3)),
+]
+IDS = [f"{c.__name__}-" + "-".join(f"{k}={v}" for k, v in kw.items()) for c, kw in CASES]
+
+
+def make(dtype=torch.float32, seed=0, shapes=SHAPES):
+    g = torch.Generator().manual_seed(seed)
+    ws = [torch.randn(s, generator=g).to(dtype) for s in shapes]
+    ws[1].zero_()
+    return ws
+
+
+def grads(shapes, steps, dtype=torch.float32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    out = [[torch.randn(s, generator=g).to(dtype) for s in shapes] for _ in range(steps)]
+    out[min(2, steps - 1)][3].zero_()  # a zero gradient at one step
+    return out
+
+
+def run(cls, kw, *, fused, foreach=None, trust=True, dtype=torch.float32, steps=5, shapes=SHAPES):
+    params = [nn.Parameter(w) for w in make(dtype, shapes=shapes)]
+    opt = cls([{"params": params, "trust_ratio": trust}], foreach=foreach, fused=fused, **kw)
+    for gs in grads(shapes, steps, dtype):
+        for p, g in zip(params, gs):
+            p.grad = g
+        opt.step()
+    return [p.detach().clone() for p in params], opt
+
+
+def assert_float32_close(got, expected):
+    """Within a few float32 roundings of the tensor's scale (norms differ in their last bits)."""
+    for a, b in zip(got, expected):
+        scale = float(b.abs().max()) if b.numel() else 1.0
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("cls,kw", CASES, ids=IDS)
+def test_native_equals_per_tensor_path(cls, kw):
+    expected, _ = run(cls, kw, fused=False, foreach=False)
+    got, _ = run(cls, kw, fused=True)
+    assert_float32_close(got, expected)
+
+
+@pytest.mark.parametrize("cls,kw", CASES, ids=IDS)
+def test_native_state_equals_per_tensor_state(cls, kw):
+    _, o_ref = run(cls, kw, fused=False, foreach=False)
+    _, o_nat = run(cls, kw, fused=True)
+    for (p_ref, s_ref), (p_nat, s_nat) in zip(o_ref.state.items(), o_nat.state.items()):
+        assert s_ref.keys() == s_nat.keys()
+        for key in s_ref:
+            if key == "initial_norm":
+                torch.testing.assert_close(s_nat[key], s_ref[key], rtol=1e-6, atol=0)
+            else:
+                assert_float32_close([s_nat[key]], [s_ref[key]])
+
+
+@pytest.mark.skipif(
+    torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
+    reason="bit-exactness assumes torch's FMA-vectorised CPU kernels",
+)
+@pytest.mark.parametrize(
+    "cls,kw",
+    [c for c in CASES if c[0] is not LAMB and "p_bound" not in c[1]],
+    ids=[i for i, c in zip(IDS, CASES) if c[0] is not LAMB and "p_bound" not in c[1]],
+)
+def test_without_norms_the_arithmetic_is_bit_identical(cls, kw):
+    """trust_ratio=False removes the norms (p_bound takes them; LAMB has torch's MKL sqrt): what is
+    left must round exactly as torch rounds."""
+    expected, _ = run(cls, kw, fused=False, foreach=False, trust=False)
+    got, _ = run(cls, kw, fused=True, trust=False)
+    for a, b in zip(got, expected):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cls,kw", [CASES[0], CASES[3], CASES[9], CASES[14]], ids=["fromage", "p_bound", "lars", "lamb"])
+def test_trust_ratio_false_matches_per_tensor_path(cls, kw):
+    expected, _ = run(cls, kw, fused=False, foreach=False, trust=False)
+    got, _ = run(cls, kw, fused=True, trust=False)
+    assert_float32_close(got, expected)
+
+
+@pytest.mark.parametrize("cls,kw", [CASES[1], CASES[9], CASES[14]], ids=["fromage", "lars", "lamb"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_parameters_on_the_native_path(cls, kw, dtype):
+    """16-bit parameters run on float32 work copies: equal to the float32 native step rounded once,
+    and within one 16-bit rounding of the per-tensor path."""
+    shapes = SHAPES[:4]
+    params = [nn.Parameter(w) for w in make(dtype, shapes=shapes)]
+    p32 = [nn.Parameter(p.detach().float()) for p in params]
+    o16 = cls(params, fused=True, **kw)
+    o32 = cls(p32, fused=True, **kw)
+    ref = [nn.Parameter(p.detach().clone()) for p in params]
+    oref = cls(ref, foreach=False, **kw)
+    for gs in grads(shapes, 3, dtype):
+        for p, q, r, g in zip(params, p32, ref, gs):
+            p.grad, q.grad, r.grad = g, g.float(), g
+        o16.step(), o32.step(), oref.step()
+        for p, q in zip(params, p32):
+            assert p.dtype == dtype
+            assert torch.equal(p.detach(), q.detach().to(dtype))
+            q.data.copy_(p.detach().float())
+    for p, r in zip(params, ref):
+        eps = torch.finfo(dtype).eps
+        torch.testing.assert_close(p.detach().float(), r.detach().float(), rtol=2 * eps, atol=2 * eps)
+
+
+def test_norms_are_accurate_and_independent_of_the_thread_count():
+    ts = [torch.randn(s) for s in [(100_003,), (7,), (0,), (65536,)]]
+    exact = torch.stack([t.double().norm() for t in ts])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _native.norms(ts)[0]
+        torch.set_num_threads(max(2, threads))
+        many = _native.norms(ts)[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)
+    torch.testing.assert_close(one.double(), exact, rtol=2e-7, atol=0)
+
+
+def test_in_place_updates_bump_version_counters():
+    """Autograd's check on tensors saved for backward must see the native in-place writes."""
+    p = nn.Parameter(torch.randn(8, 8))
+    opt = LAMB([p], fused=True)
+    y = (p * p).sum()  # saves p for backward
+    p.grad = torch.randn(8, 8)
+    v = (p._version, opt.state.get(p, {}).get("exp_avg"))
+    opt.step()
+    assert p._version > v[0]
+    assert opt.state[p]["exp_avg"]._version > 0
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
+def test_fused_none_falls_back_where_the_kernels_do_not_apply():
+    """float64 and non-contiguous tensors run on the torch path; fused=True refuses them."""
+    for dtype, transpose in [(torch.float64, False), (torch.float32, True)]:
+        w = torch.randn(6, 5, dtype=dtype)
+        a = nn.Parameter(w.t() if transpose else w.clone())
+        b = nn.Parameter(a.detach().clone())
+        g = torch.randn_like(a)
+        a.grad, b.grad = g, g.clone()
+        Fromage([a], lr=0.1).step()
+        Fromage([b], lr=0.1, foreach=False).step()
+        assert torch.equal(a.detach(), b.detach())
+        c = nn.Parameter(a.detach().clone())
+        c.grad = g.clone()
+        with pytest.raises(RuntimeError, match="fused=True needs"):
+            Fromage([c], lr=0.1, fused=True).step()
+
+
+def test_fused_and_foreach_together_are_refused():
+    with pytest.raises(ValueError, match="fused"):
+        LARS([nn.Parameter(torch.randn(2))], lr=1.0, fused=True, foreach=True)
+    with pytest.raises(ValueError, match="fused"):
+        Fromage([nn.Parameter(torch.randn(2))], fused="yes")
+
+
+def test_default_uses_the_native_path_and_explicit_foreach_the_torch_path(monkeypatch):
+    calls = []
+    real = _native.fromage_update
+    monkeypatch.setattr(_native, "fromage_update", lambda *a, **k: calls.append(1) or real(*a, **k))
+    p = nn.Parameter(torch.randn(4, 4))
+    p.grad = torch.randn(4, 4)
+    Fromage([p]).step()
+    assert calls == [1]
+    Fromage([p], foreach=True).step()
+    Fromage([p], foreach=False).step()
+    assert calls == [1]
+
+
+def test_empty_and_tiny_tensors():
+    ps = [nn.Parameter(torch.randn(s)) for s in [(0,), (1,), (2, 0), (3,)]]
+    qs = [nn.Parameter(p.detach().clone()) for p in ps]
+    for p, q in zip(ps, qs):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    for cls, kw in [(Fromage, dict(lr=0.1, p_bound=2.0)), (LARS, dict(lr=1.0, weight_decay=0.1)), (LAMB, {})]:
+        cls(ps, fused=True, **kw).step()
+        cls(qs, foreach=False, **kw).step()
+        assert_float32_close([p.detach() for p in ps], [q.detach() for q in qs])
+
+
+def test_mismatched_state_size_is_not_sent_to_the_kernels():
+    """A state tensor of the wrong size (e.g. a bad state_dict) must never reach the C side."""
+    p = nn.Parameter(torch.randn(10))
+    p.grad = torch.randn(10)
+    opt = LARS([p], lr=1.0)
+    opt.step()
+    opt.state[p]["momentum_buffer"] = torch.zeros(5)
+    assert not _native.supported([p], [p.grad], [opt.state[p]["momentum_buffer"]])
+    with pytest.raises(RuntimeError):
+        opt.step()  # the torch path refuses the shapes
+
+
+def test_disabled_by_environment_variable_and_optimisers_still_work():
+    code = (
+        "import torch; from reltrust import Fromage; from reltrust.optim import _native\n"
+        "p = torch.nn.Parameter(torch.randn(3)); p.grad = torch.randn(3); Fromage([p]).step()\n"
+        "print(_native.available(), _native.describe())\n"
+    )
+    import reltrust
+
+    src = os.path.dirname(os.path.dirname(reltrust.__file__))
+    env = dict(os.environ, RELTRUST_NATIVE="0", PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("False unavailable: disabled")
+
+
+def test_no_compiler_means_torch_path_or_a_clear_error(monkeypatch):
+    """Where nothing can be compiled the default path still works; fused=True and RELTRUST_NATIVE=1 say why."""
+    monkeypatch.setattr(_native, "_lib", None)
+    monkeypatch.setattr(_native, "_tried", False)
+    monkeypatch.setattr(_native, "_compiler", lambda: None)
+    monkeypatch.setenv("RELTRUST_NATIVE", "auto")
+    assert not _native.available()
+    assert "no C compiler" in _native.describe()
+    p = nn.Parameter(torch.randn(4))
+    p.grad = torch.randn(4)
+    Fromage([p]).step()
+    with pytest.raises(RuntimeError, match="unavailable: no C compiler"):
+        Fromage([p], fused=True).step()
+    monkeypatch.setattr(_native, "_tried", False)
+    monkeypatch.setenv("RELTRUST_NATIVE", "1")
+    with pytest.raises(RuntimeError, match="RELTRUST_NATIVE=1"):
+        _native.available()
