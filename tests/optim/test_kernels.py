@@ -265,3 +265,63 @@ def test_no_compiler_means_torch_path_or_a_clear_error(monkeypatch):
     monkeypatch.setenv("RELTRUST_NATIVE", "1")
     with pytest.raises(RuntimeError, match="RELTRUST_NATIVE=1"):
         _native.available()
+
+
+CACHE_CASES = [c for c in CASES if c[0] is not LAMB]
+
+
+@pytest.mark.parametrize("cls,kw", CACHE_CASES, ids=[i for i, c in zip(IDS, CASES) if c[0] is not LAMB])
+def test_cached_weight_norm_gives_the_same_steps(cls, kw):
+    """The norm taken in the update pass is the one the next norm pass would take (same blocks, same
+    order): the steps are identical; with p_bound the rescaled norm is scale·‖W‖, equal to rounding."""
+    plain, _ = run(cls, kw, fused=True, steps=6)
+    cached, opt = run(cls, dict(kw, cache_weight_norm=True), fused=True, steps=6)
+    if "p_bound" in kw:
+        assert_float32_close(cached, plain)
+    else:
+        for a, b in zip(cached, plain):
+            assert torch.equal(a, b)
+    assert opt._weight_norm_cache  # it was used
+
+
+@pytest.mark.parametrize("cls,kw", [CASES[0], CASES[1], CASES[9]], ids=["fromage", "fromage-momentum", "lars"])
+def test_cached_weight_norm_is_dropped_when_weights_change(cls, kw):
+    """In-place writes, model load_state_dict and a swapped .data all invalidate the cache."""
+    def go(cache):
+        params = [nn.Parameter(w) for w in make()]
+        model = nn.Module()
+        model.w = params[4]
+        new = make(seed=5)
+        opt = cls(params, fused=True, cache_weight_norm=cache, **kw)
+        for k, gs in enumerate(grads(SHAPES, 6)):
+            for p, g in zip(params, gs):
+                p.grad = g
+            opt.step()
+            with torch.no_grad():
+                if k == 0:
+                    params[0].mul_(3.0)  # an in-place op
+                if k == 1:
+                    params[2][:10].zero_()  # through a view
+                if k == 2:
+                    model.load_state_dict({"w": new[4]})  # copies in place
+                if k == 3:
+                    params[0].data = new[0].clone()  # new storage
+        return [p.detach() for p in params]
+
+    for a, b in zip(go(True), go(False)):
+        assert torch.equal(a, b)
+
+
+def test_cached_weight_norm_is_not_in_state_dict_and_load_drops_it():
+    p = nn.Parameter(torch.randn(8, 8))
+    opt = Fromage([p], cache_weight_norm=True)
+    p.grad = torch.randn(8, 8)
+    opt.step()
+    assert opt._weight_norm_cache
+    sd = opt.state_dict()
+    assert "cache_weight_norm" in sd["param_groups"][0] and not any("norm" in k for k in sd["state"][0])
+    opt.load_state_dict(sd)
+    assert "_weight_norm_cache" not in opt.__dict__
+    import copy
+
+    assert "_weight_norm_cache" not in copy.deepcopy(opt).__dict__

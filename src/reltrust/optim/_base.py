@@ -142,18 +142,58 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             foreach = group.get("foreach")
             foreach = True if foreach is None else bool(foreach)
             buckets: dict[tuple, Bucket] = {}
+            init_state, states = self._init_state, self.state
             for p in group["params"]:
-                if p.grad is None:
+                grad = p.grad
+                if grad is None:
                     continue
-                if p.grad.is_sparse:
+                if grad.is_sparse:
                     raise RuntimeError(f"{name} does not support sparse gradients")
-                state = self.state[p]
-                self._init_state(group, p, state)  # adds what this group's settings need and is missing
-                key = (p.device, compute_dtype(p.dtype))
-                buckets.setdefault(key, Bucket()).add(p, state)
-            for bucket in buckets.values():
+                state = states[p]
+                init_state(group, p, state)  # adds what this group's settings need and is missing
+                key = (p.device, p.dtype)  # buckets of one compute dtype are merged below
+                bucket = buckets.get(key)
+                if bucket is None:
+                    bucket = buckets[key] = Bucket()
+                bucket.add(p, grad, state)
+            if len(buckets) > 1:
+                buckets = Bucket.merge(buckets)
+            caching = bool(group.get("cache_weight_norm"))
+            for key, bucket in buckets.items():
+                if caching and not bucket._writeback:
+                    bucket.want_weight_norm = True
+                    bucket.weight_norm_in = self._norm_cache_get(group, key, bucket)
                 bucket.run(lambda b: self._update(group, b, foreach), foreach)
+                if bucket.want_weight_norm:
+                    self._norm_cache_put(group, key, bucket)
         return loss
+
+    # The weight-norm cache (option cache_weight_norm): per (param group, bucket), the local norms
+    # of the weights as the last update pass left them, valid while every weight of the bucket has
+    # the same identity, storage and version counter as then. Not part of state_dict; dropped by
+    # pickling/deepcopy (torch.optim.Optimizer.__getstate__) and by load_state_dict.
+
+    @staticmethod
+    def _norm_signature(bucket: "Bucket") -> tuple:
+        return tuple((id(p), t.data_ptr(), t._version) for p, t in zip(bucket.like, bucket.params))
+
+    def _norm_cache_get(self, group: dict[str, Any], key: tuple, bucket: "Bucket") -> torch.Tensor | None:
+        cache = self.__dict__.get("_weight_norm_cache")
+        hit = cache.get((id(group), key)) if cache else None
+        if hit is None or hit[0] != self._norm_signature(bucket):
+            return None
+        return hit[1]
+
+    def _norm_cache_put(self, group: dict[str, Any], key: tuple, bucket: "Bucket") -> None:
+        cache = self.__dict__.setdefault("_weight_norm_cache", {})
+        if bucket.weight_norm_out is None:
+            cache.pop((id(group), key), None)
+        else:
+            cache[(id(group), key)] = (self._norm_signature(bucket), bucket.weight_norm_out)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.__dict__.pop("_weight_norm_cache", None)
+        super().load_state_dict(state_dict)
 
 
 class Bucket:
@@ -171,9 +211,28 @@ class Bucket:
         self.grads: list[torch.Tensor] = []
         self.states: list[dict[str, Any]] = []
         self._writeback: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # the weight-norm cache (LayerwiseOptimizer.step): local norms of `params` known from the
+        # previous step, whether the update should return the new ones, and what it returned
+        self.weight_norm_in: torch.Tensor | None = None
+        self.want_weight_norm = False
+        self.weight_norm_out: torch.Tensor | None = None
 
-    def add(self, p: torch.Tensor, state: dict[str, Any]) -> None:
-        p_local, g_local = local(p), local(p.grad)
+    @staticmethod
+    def merge(buckets: dict[tuple, "Bucket"]) -> dict[tuple, "Bucket"]:
+        """Buckets keyed by (device, dtype) → by (device, compute dtype), in first-seen order."""
+        merged: dict[tuple, Bucket] = {}
+        for (device, dtype), b in buckets.items():
+            key = (device, compute_dtype(dtype))
+            if key not in merged:
+                merged[key] = b
+                continue
+            into = merged[key]
+            for name in ("like", "params", "grads", "states", "_writeback"):
+                getattr(into, name).extend(getattr(b, name))
+        return merged
+
+    def add(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any]) -> None:
+        p_local, g_local = local(p), local(grad)
         work = compute_dtype(p.dtype)
         if p_local.dtype != work:
             p_work = p_local.to(work)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import operator
 import os
 import shutil
 import subprocess
@@ -137,6 +138,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "rt_lars_update": [I, P, P, P, P, P, P, P, P, F, I, I, P, I],
         "rt_lamb_pass1": [I, P, P, P, P, P, P, P, F, F, F, F, F, I, P, P, I],
         "rt_lamb_pass2": [I, P, P, P, P, P, P, F, F, I, P, I],
+        "rt_count_steps": [I, P, P],
     }
     for name, argtypes in sig.items():
         fn = getattr(lib, name)
@@ -159,6 +161,11 @@ def describe() -> str:
     return ("available: " if _lib is not None else "unavailable: ") + _reason
 
 
+_f32 = torch.float32
+_is_cpu = operator.attrgetter("is_cpu")
+_is_contiguous = torch.Tensor.is_contiguous
+
+
 def supported(*tensor_lists: Sequence[torch.Tensor] | None) -> bool:
     """Whether the kernels can run on these aligned lists: every tensor a contiguous float32 CPU
     tensor, and entry i of every list as long as entry i of the first (the kernels index them alike)."""
@@ -166,9 +173,8 @@ def supported(*tensor_lists: Sequence[torch.Tensor] | None) -> bool:
     for ts in tensor_lists:
         if ts is None:
             continue
-        for t in ts:
-            if not (t.is_cpu and t.dtype is torch.float32 and t.is_contiguous()):
-                return False
+        if not (all(map(_is_cpu, ts)) and all(map(_is_contiguous, ts)) and all(t.dtype is _f32 for t in ts)):
+            return False
         sizes = list(map(torch.Tensor.numel, ts))
         if first is None:
             first = sizes
@@ -199,9 +205,6 @@ def use(fused: bool | None, *tensor_lists: Sequence[torch.Tensor] | None) -> boo
 # wrappers: aligned lists of tensors in, float32 (N,) vectors out. The arrays of pointers and sizes
 # are held in local variables until the call returns. Tensors written in place get their version
 # counters bumped, as torch's in-place ops do (autograd's check for saved tensors relies on it).
-
-_f32 = torch.float32
-
 
 def _ptrs(ts: Sequence[torch.Tensor] | None) -> array | None:
     return None if ts is None else array("q", map(torch.Tensor.data_ptr, ts))
@@ -314,3 +317,16 @@ def lamb_pass2(params, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, coef, *, eps, w
     _lib.rt_lamb_pass2(n, _addr(pp), _addr(mp), _addr(vp), _addr(sizes), _p(b1), _p(b2s), eps, weight_decay,
                        int(maximize), _p(coef), torch.get_num_threads())
     _bump(params)
+
+
+def count_steps(steps: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """steps_i += 1 for 0-dim float32 CPU step counters, returning the new counts as one (N,) vector
+    (what `torch._foreach_add_(steps, 1.0)` then `torch.stack(steps)` give, without 2N dispatches);
+    None where the counters are of another kind (the caller then uses torch)."""
+    if not all(t.is_cpu and t.dtype is _f32 and t.dim() == 0 for t in steps):
+        return None
+    out = torch.empty(len(steps), dtype=_f32)
+    sp = _ptrs(steps)
+    _lib.rt_count_steps(len(steps), _addr(sp), out.data_ptr())
+    _bump(steps)
+    return out

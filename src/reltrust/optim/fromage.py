@@ -49,6 +49,13 @@ class Fromage(LayerwiseOptimizer):
             True requires them, False never uses them. They compute norms, ratios and the update in
             two passes over memory (20 bytes per float32 element, like SGD with momentum) and agree
             with the torch path to float32 rounding.
+        cache_weight_norm: native path only, off by default. The update pass also takes ‖W‖ of the
+            new weights, and the next step uses it instead of reading W again for its norm
+            (Fromage then moves 16 bytes per element, below SGD with momentum's 20). The cached norms are used only while the weights' storage and version
+            counters are those the step left — any in-place op on W or a view of it, a model
+            ``load_state_dict`` or ``p.data = …`` drops them — but writes that bypass the version
+            counter (through ``p.data``, ``.numpy()``, DLPack) are not seen: enable it only where
+            nothing writes weights that way. 16-bit parameters do not use it.
 
     Parameters without a gradient are left untouched; sparse gradients raise an error. For DTensor
     (FSDP2) parameters every norm is of the whole logical tensor: one all-reduce of the per-tensor
@@ -65,13 +72,15 @@ class Fromage(LayerwiseOptimizer):
         foreach: bool | None = None,
         maximize: bool = False,
         fused: bool | None = None,
+        cache_weight_norm: bool = False,
     ) -> None:
         check_float("lr", lr, 0.0)
         if p_bound is not None:
             check_float("p_bound", p_bound, 0.0, low_open=True)
         check_float("momentum", momentum, 0.0, 1.0)
         defaults = dict(
-            lr=lr, p_bound=p_bound, momentum=momentum, foreach=foreach, maximize=maximize, fused=fused
+            lr=lr, p_bound=p_bound, momentum=momentum, foreach=foreach, maximize=maximize, fused=fused,
+            cache_weight_norm=cache_weight_norm,
         )
         super().__init__(params, defaults)
 
@@ -82,7 +91,7 @@ class Fromage(LayerwiseOptimizer):
             state["initial_norm"] = scalar_state(p, math.nan)  # NaN: "not recorded yet"
 
     def _update(self, group: dict[str, Any], b: Bucket, foreach: bool) -> None:
-        fromage_update(
+        b.weight_norm_out = fromage_update(
             b.params,
             b.grads,
             b.state_list("momentum_buffer") if group["momentum"] > 0 else None,
@@ -95,6 +104,8 @@ class Fromage(LayerwiseOptimizer):
             foreach=foreach,
             like=b.like,
             fused=fused_choice(group),
+            weight_norm=b.weight_norm_in,
+            return_weight_norm=b.want_weight_norm,
         )
 
 
@@ -112,12 +123,17 @@ def fromage_update(
     foreach: bool = True,
     like: list[torch.Tensor] | None = None,
     fused: bool | None = None,
-) -> None:
+    weight_norm: torch.Tensor | None = None,
+    return_weight_norm: bool = False,
+) -> torch.Tensor | None:
     """Functional Fromage step over same-device, same-dtype tensors (see `Fromage` for the rule).
 
     Reads p and u for the norms, then updates p in place: p += (∓η·r)·u, p *= 1/√(1+η²). No host
     synchronisation and no full-size temporaries. `fused`: as in `Fromage` (None: native kernels
-    where they apply).
+    where they apply). On the native path, `weight_norm` may give the norms of the (local) `params`
+    as returned by the previous call with `return_weight_norm=True` — the caller vouches that the
+    weights have not changed since — and that call returns the norms of the updated weights, taken
+    in the update pass; otherwise (and on the torch path) it returns None.
     """
     like = like if like is not None else params
     if momentum > 0 and momentum_buffers is None:
@@ -126,7 +142,8 @@ def fromage_update(
         raise ValueError("fromage_update: p_bound needs initial_norms")
     if _native.use(fused, params, grads, momentum_buffers if momentum > 0 else None):
         return _fromage_native(params, grads, momentum_buffers, initial_norms, lr=lr, momentum=momentum,
-                               p_bound=p_bound, trust_ratio=trust_ratio, maximize=maximize, like=like)
+                               p_bound=p_bound, trust_ratio=trust_ratio, maximize=maximize, like=like,
+                               weight_norm=weight_norm, return_weight_norm=return_weight_norm)
     if momentum > 0:
         ops.lerp_(momentum_buffers, grads, 1.0 - momentum, foreach)  # m ← β·m + (1−β)·g
         direction = momentum_buffers
@@ -149,40 +166,50 @@ def fromage_update(
         new_norm = tr.norms(params, like=like, foreach=foreach)
         scale = torch.where(new_norm > limit, limit / new_norm, torch.ones_like(new_norm))
         ops.mul_(params, list(per_tensor(scale)), foreach)
+    return None
 
 
 def _fromage_native(params, grads, momentum_buffers, initial_norms, *, lr, momentum, p_bound, trust_ratio,
-                    maximize, like) -> None:
+                    maximize, like, weight_norm=None, return_weight_norm=False):
     """The same step on the native kernels: one pass for the norms (and the momentum update), one
-    for p ← (p + coef·u)·c (which also returns ‖p_new‖ when p_bound needs it), and with p_bound a
-    rescale of only the tensors that exceed their bound. The ratio is `trust_ratio.trust_ratio` on the
-    reduced norms, as on the torch path."""
-    need_weight_norm = trust_ratio or p_bound is not None
+    for p ← (p + coef·u)·c, and with p_bound a rescale of only the tensors that exceed their bound.
+    The update pass also returns ‖p_new‖ where p_bound or the caller needs it. The ratio is
+    `trust_ratio.trust_ratio` on the reduced norms, as on the torch path. `weight_norm`: local
+    norms of `params` known from the previous step's update pass (then W is not read for them)."""
+    need_weight_norm = (trust_ratio or p_bound is not None) and weight_norm is None
     if momentum > 0:
-        weight_norm, direction_norm = _native.lerp_norms(
+        local_weight_norm, direction_norm = _native.lerp_norms(
             params, grads, momentum_buffers, 1.0 - momentum, need_pnorm=need_weight_norm
         )
         direction = momentum_buffers
     else:
         direction = grads
-        if trust_ratio:
-            weight_norm, direction_norm = _native.norms(params, grads)
+        if trust_ratio and need_weight_norm:
+            local_weight_norm, direction_norm = _native.norms(params, grads)
+        elif trust_ratio:
+            local_weight_norm, direction_norm = None, _native.norms(grads)[0]
         else:
-            weight_norm = _native.norms(params)[0] if need_weight_norm else None
+            local_weight_norm = _native.norms(params)[0] if need_weight_norm else None
     if weight_norm is not None:
-        weight_norm = tr.reduce_norms(weight_norm, like)
+        local_weight_norm = weight_norm
+    if local_weight_norm is not None:
+        weight_norm = tr.reduce_norms(local_weight_norm.clone(), like)
     if trust_ratio:
         ratio = tr.trust_ratio(weight_norm, tr.reduce_norms(direction_norm, like))
         coef = ratio.mul_(lr if maximize else -lr)
     else:
         coef = torch.full((len(params),), lr if maximize else -lr, dtype=torch.float32)
-    new_norm = _native.fromage_update(
-        params, direction, coef, 1.0 / math.sqrt(1.0 + lr * lr), want_norm=p_bound is not None
+    want_norm = p_bound is not None or return_weight_norm
+    new_local = _native.fromage_update(
+        params, direction, coef, 1.0 / math.sqrt(1.0 + lr * lr), want_norm=want_norm
     )
     if p_bound is not None:
         recorded = torch.stack(initial_norms)
         recorded = torch.where(recorded.isnan(), weight_norm.to(recorded.dtype), recorded)
         ops.copy_(initial_norms, per_tensor(recorded), True)
         limit = p_bound * recorded.to(weight_norm.dtype)
-        new_norm = tr.reduce_norms(new_norm, like)
-        _native.scale_(params, torch.where(new_norm > limit, limit / new_norm, torch.ones_like(new_norm)))
+        new_norm = tr.reduce_norms(new_local.clone(), like)
+        scale = torch.where(new_norm > limit, limit / new_norm, torch.ones_like(new_norm))
+        _native.scale_(params, scale)
+        new_local.mul_(scale)
+    return new_local if return_weight_norm else None

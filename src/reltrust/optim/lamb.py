@@ -231,8 +231,10 @@ def _lamb_native(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta
                  maximize, like) -> None:
     """The same step on the native kernels: pass 1 updates m and v and returns ‖W‖ and ‖u‖ (u is
     computed and dropped), pass 2 recomputes u from m and v and updates W. 40 bytes per element."""
-    torch._foreach_add_(steps, 1.0)
-    t = torch.stack(steps).to(dtype=torch.float32)
+    t = _native.count_steps(steps)
+    if t is None:
+        torch._foreach_add_(steps, 1.0)
+        t = torch.stack(steps).to(device=params[0].device, dtype=torch.float32)
     bias1 = 1.0 - torch.pow(beta1, t)
     bias2_sqrt = (1.0 - torch.pow(beta2, t)).sqrt_()
     weight_norm, update_norm = _native.lamb_pass1(

@@ -82,17 +82,24 @@ static double *new_partial(spans_t sp, int k) {
     return (double *)calloc((size_t)(sp.n > 0 ? sp.n : 1) * (size_t)k, sizeof(double));
 }
 
-static inline double lanes_sum(const float *a) {
+/* Add a block's float32 lanes into double lanes (vectorised: no dependency between lanes). */
+static inline void lanes_add(double *restrict d, const float *restrict a) {
+    for (int j = 0; j < LANES; j++) d[j] += (double)a[j];
+}
+
+static inline double lanes_total(const double *d) {
     double s = 0;
-    for (int j = 0; j < LANES; j++) s += a[j];
+    for (int j = 0; j < LANES; j++) s += d[j];
     return s;
 }
 
-/* LOOP(len, acc, STMT): run STMT for every index `i` in [0, len); STMT sets `float r`, whose square
- * is accumulated into the double `acc` (blocked float32 lanes, see above). */
+/* NORM_LOOP(len, acc, STMT): run STMT for every index `i` in [0, len); STMT sets `float r`, whose
+ * square is accumulated into the double `acc`: in float32 FMA lanes over each block of BLOCK
+ * elements (16 terms per lane), the lanes then added into double lanes, summed once at the end. */
 #define NORM_LOOP(len, acc, STMT)                                        \
     do {                                                                 \
         int64_t i0_ = 0;                                                 \
+        double d_[LANES] = {0};                                          \
         for (; i0_ + BLOCK <= (len); i0_ += BLOCK) {                     \
             float a_[LANES] = {0};                                       \
             for (int b_ = 0; b_ < BLOCK; b_ += LANES)                    \
@@ -102,13 +109,15 @@ static inline double lanes_sum(const float *a) {
                     STMT;                                                \
                     a_[j_] = fmaf(r, r, a_[j_]);                         \
                 }                                                        \
-            (acc) += lanes_sum(a_);                                      \
+            lanes_add(d_, a_);                                           \
         }                                                                \
+        double t_ = lanes_total(d_);                                     \
         for (int64_t i = i0_; i < (len); i++) {                          \
             float r;                                                     \
             STMT;                                                        \
-            (acc) += (double)r * r;                                      \
+            t_ += (double)r * r;                                         \
         }                                                                \
+        (acc) += t_;                                                     \
     } while (0)
 
 #define PLAIN_LOOP(len, STMT)                                            \
@@ -125,6 +134,7 @@ static inline double lanes_sum(const float *a) {
 /* out[0] += Σa², out[1] += Σb² over [0, len): the norm loop with two read streams. */
 static void sumsq2(const float *restrict a, const float *restrict b, int64_t len, double *out) {
     int64_t i0 = 0;
+    double da[LANES] = {0}, db[LANES] = {0};
     for (; i0 + BLOCK <= len; i0 += BLOCK) {
         float x[LANES] = {0}, y[LANES] = {0};
         for (int k = 0; k < BLOCK; k += LANES)
@@ -132,13 +142,16 @@ static void sumsq2(const float *restrict a, const float *restrict b, int64_t len
                 x[j] = fmaf(a[i0 + k + j], a[i0 + k + j], x[j]);
                 y[j] = fmaf(b[i0 + k + j], b[i0 + k + j], y[j]);
             }
-        out[0] += lanes_sum(x);
-        out[1] += lanes_sum(y);
+        lanes_add(da, x);
+        lanes_add(db, y);
     }
+    double sa = lanes_total(da), sb = lanes_total(db);
     for (int64_t i = i0; i < len; i++) {
-        out[0] += (double)a[i] * a[i];
-        out[1] += (double)b[i] * b[i];
+        sa += (double)a[i] * a[i];
+        sb += (double)b[i] * b[i];
     }
+    out[0] += sa;
+    out[1] += sb;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -389,6 +402,16 @@ int rt_lamb_pass2(int n, const int64_t *p_ptrs, const int64_t *m_ptrs, const int
                    p[i] = r);
     }
     free(sp.s);
+    return 0;
+}
+
+/* The step counters of LAMB (0-dim float32 tensors): *steps[t] += 1, out[t] = the new count. */
+int rt_count_steps(int n, const int64_t *step_ptrs, float *out) {
+    for (int t = 0; t < n; t++) {
+        float *s = (float *)(intptr_t)step_ptrs[t];
+        *s = *s + 1.0f;
+        out[t] = *s;
+    }
     return 0;
 }
 
