@@ -198,16 +198,17 @@ def test_fused_and_foreach_together_are_refused():
 
 
 def test_default_uses_the_native_path_and_explicit_foreach_the_torch_path(monkeypatch):
-    calls = []
-    real = _native.fromage_update
-    monkeypatch.setattr(_native, "fromage_update", lambda *a, **k: calls.append(1) or real(*a, **k))
+    used = []
+    real = _native.use
+    monkeypatch.setattr(_native, "use", lambda *a: used.append(real(*a)) or used[-1])
     p = nn.Parameter(torch.randn(4, 4))
     p.grad = torch.randn(4, 4)
-    Fromage([p]).step()
-    assert calls == [1]
-    Fromage([p], foreach=True).step()
-    Fromage([p], foreach=False).step()
-    assert calls == [1]
+    for cls in (Fromage, LARS, LAMB):
+        kw = dict(lr=0.1)
+        cls([p], **kw).step()
+        cls([p], foreach=True, **kw).step()
+        cls([p], foreach=False, **kw).step()
+    assert used == [True, False, False] * 3
 
 
 def test_empty_and_tiny_tensors():
@@ -325,3 +326,42 @@ def test_cached_weight_norm_is_not_in_state_dict_and_load_drops_it():
     import copy
 
     assert "_weight_norm_cache" not in copy.deepcopy(opt).__dict__
+
+
+def test_blocked_and_streamed_kernels_give_identical_bits(monkeypatch):
+    """Small tensors go through the blocked kernels (whole tensor per thread, ratio in C), large
+    ones are streamed (ratio by trust_ratio.trust_ratio): both must give the same bits."""
+    shapes = [(64, 64), (64,), (300, 200), (1,), (5000,)]
+    cases = [c for c in CASES if "p_bound" not in c[1]] + [(Fromage, dict(lr=0.1, p_bound=1.0))]
+    for cls, kw in cases:
+        for cache in ([False, True] if cls is not LAMB else [False]):
+            extra = dict(cache_weight_norm=True) if cache else {}
+            monkeypatch.setattr(_native, "BLOCKED_BYTES", 1 << 20)
+            blocked, _ = run(cls, dict(kw, **extra), fused=True, shapes=shapes)
+            monkeypatch.setattr(_native, "BLOCKED_BYTES", 0)
+            streamed, _ = run(cls, dict(kw, **extra), fused=True, shapes=shapes)
+            for a, b in zip(blocked, streamed):
+                assert torch.equal(a, b), (cls.__name__, kw, cache)
+
+
+def test_blocked_split_takes_small_unsharded_tensors(monkeypatch):
+    monkeypatch.setattr(_native, "BLOCKED_BYTES", 8 * 100)
+    ts = [torch.zeros(100), torch.zeros(101), torch.zeros(3)]
+    small, large = _native.split(ts, ts, 8)
+    assert list(small) == [0, 2] and list(large) == [1]
+    monkeypatch.setattr(_native, "BLOCKED_BYTES", 0)
+    assert _native.split(ts, ts, 8) == (None, _native.array("i", [0, 1, 2]))
+
+
+def test_kernel_trust_ratio_is_the_twin_of_trust_ratio():
+    """The blocked kernels compute the ratio in C: it must round exactly as trust_ratio.trust_ratio."""
+    from reltrust.optim.trust_ratio import trust_ratio
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.cat([torch.rand(2000, generator=g) * 10, torch.tensor([0.0, 1.0, 0.0, float("inf"), float("nan"), 1e-30])])
+    u = torch.cat([torch.rand(2000, generator=g) * 1e-3, torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1e-30])])
+    for kw in [dict(), dict(coefficient=0.001), dict(coefficient=0.02, weight_decay=1e-4, eps=1e-8),
+               dict(weight_decay=0.1), dict(eps=1e-3), dict(coefficient=3.0, eps=1e-9)]:
+        expected = trust_ratio(w, u, **kw)
+        got = _native.trust_ratio(w, u, **kw)
+        assert torch.equal(got, expected) or torch.allclose(got, expected, rtol=0, atol=0, equal_nan=True), kw

@@ -34,10 +34,12 @@ from collections.abc import Sequence
 
 import torch
 
+from reltrust.optim.trust_ratio import sharded_indices
 from reltrust.optim._cpp.kernels_src import SOURCE
 
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno",
           "-std=c11"]
+_ABI = 2
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _reason = "not built yet"
@@ -119,7 +121,7 @@ def _load() -> None:
     try:
         path = _build(cc)
         lib = ctypes.CDLL(path)
-        if lib.rt_abi_version() != 1:
+        if lib.rt_abi_version() != _ABI:
             raise RuntimeError("ABI mismatch")
         _declare(lib)
     except Exception as exc:
@@ -131,14 +133,18 @@ def _load() -> None:
 def _declare(lib: ctypes.CDLL) -> None:
     P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
     sig = {
-        "rt_norms": [I, I, P, P, P, I],
-        "rt_lerp_norms": [I, P, P, P, P, F, P, P, I],
-        "rt_fromage_update": [I, P, P, P, P, F, P, I],
+        "rt_norms": [I, I, P, P, P, I, P, I],
+        "rt_lerp_norms": [I, P, P, P, P, P, I, F, P, P, I],
+        "rt_fromage_update": [I, P, P, P, P, I, P, F, P, I],
         "rt_scale": [I, P, P, P, I],
-        "rt_lars_update": [I, P, P, P, P, P, P, P, P, F, I, I, P, I],
-        "rt_lamb_pass1": [I, P, P, P, P, P, P, P, F, F, F, F, F, I, P, P, I],
-        "rt_lamb_pass2": [I, P, P, P, P, P, P, F, F, I, P, I],
+        "rt_lars_update": [I, P, P, P, P, P, I, P, P, P, P, F, I, P, I],
+        "rt_lamb_pass1": [I, P, P, P, P, P, P, I, P, P, F, F, F, F, F, I, P, P, I],
+        "rt_lamb_pass2": [I, P, P, P, P, P, I, P, P, F, F, I, P, I],
+        "rt_fromage_blocked": [I, P, P, P, P, P, I, F, F, F, P, P, P, P, I],
+        "rt_lars_blocked": [I, P, P, P, P, P, I, F, F, F, F, I, F, I, P, P, P, P, I],
+        "rt_lamb_blocked": [I, P, P, P, P, P, P, I, P, P, F, F, F, F, F, I, F, P, P, I],
         "rt_count_steps": [I, P, P],
+        "rt_trust_ratio": [I, P, P, F, F, F, P],
     }
     for name, argtypes in sig.items():
         fn = getattr(lib, name)
@@ -237,38 +243,87 @@ def _bump(*lists: Sequence[torch.Tensor] | None) -> None:
             torch._C._increment_version(list(ts))
 
 
-def norms(*lists: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Norms of the tensors of each list (aligned lists), one float32 (N,) vector per list."""
+def _l2_bytes() -> int:
+    """A core's L2 cache (sysfs), which bounds the tensors the blocked kernels take; 512 KiB if unknown."""
+    try:
+        for index in sorted(os.listdir("/sys/devices/system/cpu/cpu0/cache")):
+            base = f"/sys/devices/system/cpu/cpu0/cache/{index}/"
+            with open(base + "level") as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(base + "size") as f:
+                text = f.read().strip().upper()
+            scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+            return int(text.rstrip("KMB")) * scale
+    except (OSError, ValueError):
+        pass
+    return 512 << 10
+
+
+#: Tensors whose working set (numel × bytes the blocked pass keeps per element) is at most this
+#: many bytes go through the blocked kernels. Tuned on the deep-MLP benchmark set; 0 turns them off.
+BLOCKED_BYTES = _l2_bytes()
+
+
+def split(params: Sequence[torch.Tensor], like: Sequence[torch.Tensor], bytes_per_element: int):
+    """(small, large): index arrays (None when empty) of the tensors for the blocked kernels (small
+    enough, and not sharded: their norms need no reduction) and for the streamed ones."""
+    limit = BLOCKED_BYTES // bytes_per_element
+    sharded = sharded_indices(like)
+    small, large = array("i"), array("i")
+    for i, n in enumerate(map(torch.Tensor.numel, params)):
+        (small if n <= limit and i not in sharded else large).append(i)
+    return (small or None), (large or None)
+
+
+def _n(sel: array | None, n: int) -> int:
+    return n if sel is None else len(sel)
+
+
+def norms(*lists: Sequence[torch.Tensor], sel: array | None = None, out: Sequence[torch.Tensor] | None = None):
+    """Norms of the tensors of each list (aligned lists), one float32 (N,) vector per list (`out`
+    if given); with `sel`, only those entries are computed (and written)."""
     n = len(lists[0])
-    outs = [_out(n) for _ in lists]
+    outs = list(out) if out is not None else [_out(n) for _ in lists]
     ptrs = array("q")
     for ts in lists:
         ptrs.extend(map(torch.Tensor.data_ptr, ts))
     out_ptrs = array("q", (o.data_ptr() for o in outs))
     sizes = _sizes(lists[0])
-    _lib.rt_norms(n, len(lists), _addr(ptrs), _addr(sizes), _addr(out_ptrs), torch.get_num_threads())
+    _lib.rt_norms(n, len(lists), _addr(ptrs), _addr(sizes), _addr(sel), _n(sel, 0), _addr(out_ptrs),
+                  torch.get_num_threads())
     return outs
 
 
-def lerp_norms(params, grads, bufs, weight: float, *, need_pnorm: bool = True):
-    """bufs ← lerp(bufs, grads, weight) as torch.lerp_; returns (‖p‖ or None, ‖bufs‖ after)."""
+def lerp_norms(params, grads, bufs, weight: float, pnorm: torch.Tensor | None, mnorm: torch.Tensor, *,
+               sel: array | None = None) -> None:
+    """bufs ← lerp(bufs, grads, weight) as torch.lerp_; writes ‖p‖ (if pnorm) and ‖bufs‖ after."""
     n = len(params)
-    pnorm, mnorm = _out(n, need_pnorm), _out(n)
     pp, gp, mp, sizes = _ptrs(params), _ptrs(grads), _ptrs(bufs), _sizes(params)
-    _lib.rt_lerp_norms(n, _addr(pp), _addr(gp), _addr(mp), _addr(sizes), weight, _p(pnorm), _p(mnorm),
-                       torch.get_num_threads())
+    _lib.rt_lerp_norms(n, _addr(pp), _addr(gp), _addr(mp), _addr(sizes), _addr(sel), _n(sel, 0), weight,
+                       _p(pnorm), _p(mnorm), torch.get_num_threads())
     _bump(bufs)
-    return pnorm, mnorm
 
 
-def fromage_update(params, directions, coef: torch.Tensor, c: float, *, want_norm: bool):
-    """p ← (p + coef_i·u)·c; returns the norms of the new p when want_norm, else None."""
+def fromage_update(params, directions, coef: torch.Tensor, c: float, newnorm: torch.Tensor | None, *,
+                   sel: array | None = None) -> None:
+    """p ← (p + coef_i·u)·c; writes ‖p_new‖ into newnorm if given."""
     n = len(params)
-    coef, newnorm = _vec(coef), _out(n, want_norm)
+    coef = _vec(coef)
     pp, up, sizes = _ptrs(params), _ptrs(directions), _sizes(params)
-    _lib.rt_fromage_update(n, _addr(pp), _addr(up), _addr(sizes), _p(coef), c, _p(newnorm), torch.get_num_threads())
+    _lib.rt_fromage_update(n, _addr(pp), _addr(up), _addr(sizes), _addr(sel), _n(sel, 0), _p(coef), c, _p(newnorm),
+                           torch.get_num_threads())
     _bump(params)
-    return newnorm
+
+
+def fromage_blocked(params, grads, bufs, sel: array, *, weight: float, lr_signed: float, c: float,
+                    wnorm_in, wnorm, unorm, newnorm) -> None:
+    """Whole Fromage steps of the `sel` tensors, each from cache (see kernels_src: blocked)."""
+    n = len(params)
+    pp, gp, mp, sizes = _ptrs(params), _ptrs(grads), _ptrs(bufs), _sizes(params)
+    _lib.rt_fromage_blocked(n, _addr(pp), _addr(gp), _addr(mp), _addr(sizes), _addr(sel), len(sel), weight,
+                            lr_signed, c, _p(wnorm_in), _p(wnorm), _p(unorm), _p(newnorm), torch.get_num_threads())
+    _bump(params, bufs)
 
 
 def scale_(params, scale: torch.Tensor) -> None:
@@ -279,44 +334,72 @@ def scale_(params, scale: torch.Tensor) -> None:
     _bump(params)
 
 
-def lars_update(params, grads, bufs, grad_step, neg_grad_step, decay_step, shrink, *, momentum: float,
-                nesterov: bool, want_norm: bool):
-    """LARS's update after the ratio (see kernels_src: rt_lars_update); bufs None: no momentum;
+def lars_update(params, grads, bufs, grad_step, neg_grad_step, decay_step, shrink, newnorm, *, momentum: float,
+                nesterov: bool, sel: array | None = None) -> None:
+    """LARS's update after the ratio (see kernels_src: span_lars); bufs None: no momentum;
     decay_step (η·r·λ) and shrink (1 − η·r·λ) None: no weight decay."""
     n = len(params)
-    mode = 0 if bufs is None else (2 if nesterov else 1)
-    decay = decay_step is not None
     gs, ngs, wds, shr = _vec(grad_step), _vec(neg_grad_step), _vec(decay_step), _vec(shrink)
-    newnorm = _out(n, want_norm)
     pp, gp, vp, sizes = _ptrs(params), _ptrs(grads), _ptrs(bufs), _sizes(params)
-    _lib.rt_lars_update(n, _addr(pp), _addr(gp), _addr(vp), _addr(sizes), _p(gs), _p(ngs), _p(wds), _p(shr),
-                        momentum, mode, int(decay), _p(newnorm), torch.get_num_threads())
+    _lib.rt_lars_update(n, _addr(pp), _addr(gp), _addr(vp), _addr(sizes), _addr(sel), _n(sel, 0), _p(gs), _p(ngs),
+                        _p(wds), _p(shr), momentum, int(nesterov), _p(newnorm), torch.get_num_threads())
     _bump(params, bufs)
-    return newnorm
 
 
-def lamb_pass1(params, grads, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, *, beta1, beta2, eps, weight_decay,
-               maximize, need_norms: bool):
-    """m, v ← LAMB's moment updates; returns (‖W‖, ‖u‖) when need_norms, else (None, None)."""
+def lars_blocked(params, grads, bufs, sel: array, *, lr, coefficient, weight_decay, eps, maximize, momentum,
+                 nesterov, wnorm_in, wnorm, gnorm, newnorm) -> None:
+    """Whole LARS steps of the `sel` tensors, each from cache."""
+    n = len(params)
+    pp, gp, vp, sizes = _ptrs(params), _ptrs(grads), _ptrs(bufs), _sizes(params)
+    _lib.rt_lars_blocked(n, _addr(pp), _addr(gp), _addr(vp), _addr(sizes), _addr(sel), len(sel), lr, coefficient,
+                         weight_decay, eps, int(maximize), momentum, int(nesterov), _p(wnorm_in), _p(wnorm), _p(gnorm),
+                         _p(newnorm), torch.get_num_threads())
+    _bump(params, bufs)
+
+
+def lamb_pass1(params, grads, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, pnorm, unorm, *, beta1, beta2, eps,
+               weight_decay, maximize, sel: array | None = None) -> None:
+    """m, v ← LAMB's moment updates; writes ‖W‖ and ‖u‖ into pnorm, unorm if given."""
     n = len(params)
     b1, b2s = _vec(bias1), _vec(bias2_sqrt)
-    pnorm, unorm = _out(n, need_norms), _out(n, need_norms)
     pp, gp, mp, vp, sizes = _ptrs(params), _ptrs(grads), _ptrs(exp_avgs), _ptrs(exp_avg_sqs), _sizes(params)
-    _lib.rt_lamb_pass1(n, _addr(pp), _addr(gp), _addr(mp), _addr(vp), _addr(sizes), _p(b1), _p(b2s),
-                       1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay, int(maximize), _p(pnorm), _p(unorm),
+    _lib.rt_lamb_pass1(n, _addr(pp), _addr(gp), _addr(mp), _addr(vp), _addr(sizes), _addr(sel), _n(sel, 0), _p(b1),
+                       _p(b2s), 1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay, int(maximize), _p(pnorm), _p(unorm),
                        torch.get_num_threads())
     _bump(exp_avgs, exp_avg_sqs)
-    return pnorm, unorm
 
 
-def lamb_pass2(params, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, coef, *, eps, weight_decay, maximize) -> None:
+def lamb_pass2(params, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, coef, *, eps, weight_decay, maximize,
+               sel: array | None = None) -> None:
     """W ← W + coef·u, u recomputed from the updated m and v."""
     n = len(params)
     b1, b2s, coef = _vec(bias1), _vec(bias2_sqrt), _vec(coef)
     pp, mp, vp, sizes = _ptrs(params), _ptrs(exp_avgs), _ptrs(exp_avg_sqs), _sizes(params)
-    _lib.rt_lamb_pass2(n, _addr(pp), _addr(mp), _addr(vp), _addr(sizes), _p(b1), _p(b2s), eps, weight_decay,
-                       int(maximize), _p(coef), torch.get_num_threads())
+    _lib.rt_lamb_pass2(n, _addr(pp), _addr(mp), _addr(vp), _addr(sizes), _addr(sel), _n(sel, 0), _p(b1), _p(b2s),
+                       eps, weight_decay, int(maximize), _p(coef), torch.get_num_threads())
     _bump(params)
+
+
+def lamb_blocked(params, grads, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, sel: array, wnorm, unorm, *, lr, beta1,
+                 beta2, eps, weight_decay, maximize) -> None:
+    """Whole LAMB steps of the `sel` tensors, each from cache."""
+    n = len(params)
+    b1, b2s = _vec(bias1), _vec(bias2_sqrt)
+    pp, gp, mp, vp, sizes = _ptrs(params), _ptrs(grads), _ptrs(exp_avgs), _ptrs(exp_avg_sqs), _sizes(params)
+    _lib.rt_lamb_blocked(n, _addr(pp), _addr(gp), _addr(mp), _addr(vp), _addr(sizes), _addr(sel), len(sel), _p(b1),
+                         _p(b2s), 1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay, int(maximize), -lr, _p(wnorm),
+                         _p(unorm), torch.get_num_threads())
+    _bump(params, exp_avgs, exp_avg_sqs)
+
+
+def trust_ratio(weight_norm: torch.Tensor, update_norm: torch.Tensor, *, coefficient: float = 1.0,
+                weight_decay: float = 0.0, eps: float = 0.0) -> torch.Tensor:
+    """The kernels' own trust ratio (used by the blocked kernels), over float32 CPU vectors; equal to
+    `trust_ratio.trust_ratio` bit for bit (tested)."""
+    w, u = _vec(weight_norm), _vec(update_norm)
+    out = _out(len(w))
+    _lib.rt_trust_ratio(len(w), w.data_ptr(), u.data_ptr(), coefficient, weight_decay, eps, out.data_ptr())
+    return out
 
 
 def count_steps(steps: Sequence[torch.Tensor]) -> torch.Tensor | None:

@@ -171,39 +171,54 @@ def fromage_update(
 
 def _fromage_native(params, grads, momentum_buffers, initial_norms, *, lr, momentum, p_bound, trust_ratio,
                     maximize, like, weight_norm=None, return_weight_norm=False):
-    """The same step on the native kernels: one pass for the norms (and the momentum update), one
-    for p ← (p + coef·u)·c, and with p_bound a rescale of only the tensors that exceed their bound.
-    The update pass also returns ‖p_new‖ where p_bound or the caller needs it. The ratio is
-    `trust_ratio.trust_ratio` on the reduced norms, as on the torch path. `weight_norm`: local
-    norms of `params` known from the previous step's update pass (then W is not read for them)."""
-    need_weight_norm = (trust_ratio or p_bound is not None) and weight_norm is None
-    if momentum > 0:
-        local_weight_norm, direction_norm = _native.lerp_norms(
-            params, grads, momentum_buffers, 1.0 - momentum, need_pnorm=need_weight_norm
-        )
-        direction = momentum_buffers
-    else:
-        direction = grads
-        if trust_ratio and need_weight_norm:
-            local_weight_norm, direction_norm = _native.norms(params, grads)
-        elif trust_ratio:
-            local_weight_norm, direction_norm = None, _native.norms(grads)[0]
-        else:
-            local_weight_norm = _native.norms(params)[0] if need_weight_norm else None
-    if weight_norm is not None:
+    """The same step on the native kernels.
+
+    Tensors that fit in a core's L2 cache (and are not sharded) take the blocked kernel: norms,
+    ratio and update one tensor at a time, so W and u are read from memory once. The others are
+    streamed: one pass for the norms (and the momentum update), the ratio by
+    `trust_ratio.trust_ratio` on the reduced norms, one pass for p ← (p + coef·u)·c. With p_bound, a
+    rescale of only the tensors that exceed their bound. `weight_norm`: local norms of `params`
+    known from the previous step's update pass (then W is not read for them); the update pass
+    returns the new ones when p_bound or the caller needs them.
+    """
+    n = len(params)
+    bufs = momentum_buffers if momentum > 0 else None
+    direction = bufs if bufs is not None else grads
+    want_new = p_bound is not None or return_weight_norm
+    new_local = torch.empty(n, dtype=torch.float32) if want_new else None
+    c = 1.0 / math.sqrt(1.0 + lr * lr)
+    lr_signed = lr if maximize else -lr
+    if not trust_ratio:
+        small, large = None, None
+        if bufs is not None:
+            _native.lerp_norms(params, grads, bufs, 1.0 - momentum, None, torch.empty(n, dtype=torch.float32))
+        if p_bound is not None and weight_norm is None:
+            weight_norm = _native.norms(params)[0]
+        _native.fromage_update(params, direction, torch.full((n,), lr_signed, dtype=torch.float32), c, new_local)
         local_weight_norm = weight_norm
-    if local_weight_norm is not None:
-        weight_norm = tr.reduce_norms(local_weight_norm.clone(), like)
-    if trust_ratio:
-        ratio = tr.trust_ratio(weight_norm, tr.reduce_norms(direction_norm, like))
-        coef = ratio.mul_(lr if maximize else -lr)
     else:
-        coef = torch.full((len(params),), lr if maximize else -lr, dtype=torch.float32)
-    want_norm = p_bound is not None or return_weight_norm
-    new_local = _native.fromage_update(
-        params, direction, coef, 1.0 / math.sqrt(1.0 + lr * lr), want_norm=want_norm
-    )
+        small, large = _native.split(params, like, 12 if bufs is not None else 8)
+        local_weight_norm = torch.empty(n, dtype=torch.float32) if weight_norm is None else weight_norm.clone()
+        direction_norm = torch.empty(n, dtype=torch.float32)
+        if small is not None:
+            _native.fromage_blocked(
+                params, grads, bufs, small, weight=1.0 - momentum, lr_signed=lr_signed, c=c, wnorm_in=weight_norm,
+                wnorm=local_weight_norm, unorm=direction_norm, newnorm=new_local,
+            )
+        if large is not None:
+            pnorm = local_weight_norm if weight_norm is None else None
+            if bufs is not None:
+                _native.lerp_norms(params, grads, bufs, 1.0 - momentum, pnorm, direction_norm, sel=large)
+            elif pnorm is not None:
+                _native.norms(params, grads, sel=large, out=(pnorm, direction_norm))
+            else:
+                _native.norms(grads, sel=large, out=(direction_norm,))
+            ratio = tr.trust_ratio(
+                tr.reduce_norms(local_weight_norm.clone(), like), tr.reduce_norms(direction_norm, like)
+            )
+            _native.fromage_update(params, direction, ratio.mul_(lr_signed), c, new_local, sel=large)
     if p_bound is not None:
+        weight_norm = tr.reduce_norms(local_weight_norm.clone(), like)
         recorded = torch.stack(initial_norms)
         recorded = torch.where(recorded.isnan(), weight_norm.to(recorded.dtype), recorded)
         ops.copy_(initial_norms, per_tensor(recorded), True)

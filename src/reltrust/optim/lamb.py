@@ -230,21 +230,30 @@ def lamb_update(
 def _lamb_native(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, eps, weight_decay, trust_ratio,
                  maximize, like) -> None:
     """The same step on the native kernels: pass 1 updates m and v and returns ‖W‖ and ‖u‖ (u is
-    computed and dropped), pass 2 recomputes u from m and v and updates W. 40 bytes per element."""
+    computed and dropped), pass 2 recomputes u from m and v and updates W: 40 bytes per element.
+    Tensors that fit in a core's L2 cache (and are not sharded) take the blocked kernel, which runs
+    both passes and the ratio one tensor at a time, so pass 2 reads from cache (28 bytes)."""
+    n = len(params)
     t = _native.count_steps(steps)
     if t is None:
         torch._foreach_add_(steps, 1.0)
         t = torch.stack(steps).to(device=params[0].device, dtype=torch.float32)
     bias1 = 1.0 - torch.pow(beta1, t)
     bias2_sqrt = (1.0 - torch.pow(beta2, t)).sqrt_()
-    weight_norm, update_norm = _native.lamb_pass1(
-        params, grads, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, beta1=beta1, beta2=beta2, eps=eps,
-        weight_decay=weight_decay, maximize=maximize, need_norms=trust_ratio,
-    )
+    hp = dict(eps=eps, weight_decay=weight_decay, maximize=maximize)
+    small, large = _native.split(params, like, 16) if trust_ratio else (None, None)
+    weight_norm = torch.empty(n, dtype=torch.float32) if trust_ratio else None
+    update_norm = torch.empty(n, dtype=torch.float32) if trust_ratio else None
+    if small is not None:
+        _native.lamb_blocked(params, grads, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, small, weight_norm, update_norm,
+                             lr=lr, beta1=beta1, beta2=beta2, **hp)
+        if large is None:
+            return
+    _native.lamb_pass1(params, grads, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, weight_norm, update_norm,
+                       beta1=beta1, beta2=beta2, sel=large, **hp)
     if trust_ratio:
         ratio = tr.trust_ratio(tr.reduce_norms(weight_norm, like), tr.reduce_norms(update_norm, like))
         coef = ratio.mul_(-lr)
     else:
         coef = torch.full_like(t, -lr)
-    _native.lamb_pass2(params, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, coef, eps=eps, weight_decay=weight_decay,
-                       maximize=maximize)
+    _native.lamb_pass2(params, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, coef, sel=large, **hp)

@@ -127,30 +127,21 @@ def lars_update(
     like = like if like is not None else params
     if momentum != 0 and momentum_buffers is None:
         raise ValueError("lars_update: momentum > 0 needs momentum_buffers")
-    native = _native.use(fused, params, grads, momentum_buffers if momentum != 0 else None)
-    cached = weight_norm if native else None
+    bufs = momentum_buffers if momentum != 0 else None
+    if _native.use(fused, params, grads, bufs):
+        return _lars_native(params, grads, bufs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                            trust_coefficient=trust_coefficient, eps=eps, nesterov=nesterov, trust_ratio=trust_ratio,
+                            maximize=maximize, like=like, weight_norm=weight_norm,
+                            return_weight_norm=return_weight_norm)
     if trust_ratio:
-        if native and cached is not None:
-            weight_norm = tr.reduce_norms(cached.clone(), like)
-            grad_norm = tr.reduce_norms(_native.norms(grads)[0], like)
-        elif native:
-            weight_norm, grad_norm = (tr.reduce_norms(n, like) for n in _native.norms(params, grads))
-        else:
-            weight_norm = tr.norms(params, like=like, foreach=foreach)
-            grad_norm = tr.norms(grads, like=like, foreach=foreach)
+        weight_norm = tr.norms(params, like=like, foreach=foreach)
+        grad_norm = tr.norms(grads, like=like, foreach=foreach)
         step = tr.trust_ratio(
             weight_norm, grad_norm, coefficient=trust_coefficient, weight_decay=weight_decay, eps=eps
         ).mul_(lr)
     else:
         step = torch.full((len(params),), lr, dtype=params[0].dtype, device=params[0].device)
     grad_step = -step if maximize else step  # η·r·(±1), the coefficient of g in the direction
-    if native:  # one pass: v ← μ·v + (±η·r)·g + η·r·λ·W, W ← W − v (or the Nesterov form)
-        new_local = _native.lars_update(
-            params, grads, momentum_buffers if momentum != 0 else None, grad_step, -grad_step,
-            step * weight_decay if weight_decay else None, 1.0 - step * weight_decay if weight_decay else None,
-            momentum=momentum, nesterov=nesterov, want_norm=return_weight_norm,
-        )
-        return new_local
     shrink = list(per_tensor(1.0 - step * weight_decay)) if weight_decay else None  # 1 − η·r·λ
 
     if momentum == 0:  # W ← W − η·r·(±g + λW) = (1 − η·r·λ)·W ∓ η·r·g
@@ -171,3 +162,42 @@ def lars_update(
     else:  # W ← W − v
         ops.add_(params, momentum_buffers, -1.0, foreach)
     return None
+
+
+def _lars_native(params, grads, bufs, *, lr, momentum, weight_decay, trust_coefficient, eps, nesterov, trust_ratio,
+                 maximize, like, weight_norm, return_weight_norm):
+    """The same step on the native kernels: tensors that fit in a core's L2 cache (and are not
+    sharded) take the blocked kernel (norms, ratio, update one tensor at a time: W and g read from
+    memory once); the others a norm pass, `trust_ratio.trust_ratio` on the reduced norms, and one
+    pass for v ← μ·v + (±η·r)·g + η·r·λ·W, W ← W − v (or the Nesterov form)."""
+    n = len(params)
+    new_local = torch.empty(n, dtype=torch.float32) if return_weight_norm else None
+    small, large = _native.split(params, like, 12 if bufs is not None else 8) if trust_ratio else (None, None)
+    local_weight_norm = torch.empty(n, dtype=torch.float32) if weight_norm is None else weight_norm.clone()
+    grad_norm = torch.empty(n, dtype=torch.float32)
+    if small is not None:
+        _native.lars_blocked(
+            params, grads, bufs, small, lr=lr, coefficient=trust_coefficient, weight_decay=weight_decay, eps=eps,
+            maximize=maximize, momentum=momentum, nesterov=nesterov, wnorm_in=weight_norm, wnorm=local_weight_norm,
+            gnorm=grad_norm, newnorm=new_local,
+        )
+        if large is None:
+            return new_local
+    if trust_ratio:
+        if weight_norm is None:
+            _native.norms(params, grads, sel=large, out=(local_weight_norm, grad_norm))
+        else:
+            _native.norms(grads, sel=large, out=(grad_norm,))
+        step = tr.trust_ratio(
+            tr.reduce_norms(local_weight_norm.clone(), like), tr.reduce_norms(grad_norm, like),
+            coefficient=trust_coefficient, weight_decay=weight_decay, eps=eps,
+        ).mul_(lr)
+    else:
+        step = torch.full((n,), lr, dtype=torch.float32)
+    grad_step = -step if maximize else step
+    decay_step = step * weight_decay if weight_decay else None
+    _native.lars_update(
+        params, grads, bufs, grad_step, -grad_step, decay_step, 1.0 - decay_step if weight_decay else None,
+        new_local, momentum=momentum, nesterov=nesterov, sel=large,
+    )
+    return new_local

@@ -59,6 +59,11 @@ def _sharded_groups(like: Sequence[torch.Tensor]) -> dict[tuple, list[int]]:
     return groups
 
 
+def sharded_indices(like: Sequence[torch.Tensor]) -> set[int]:
+    """Indices of the tensors in `like` whose norms `reduce_norms` combines across shards."""
+    return {i for idx in _sharded_groups(like).values() for i in idx}
+
+
 def norms(
     tensors: Sequence[torch.Tensor],
     *,
