@@ -328,29 +328,40 @@ def test_cached_weight_norm_is_not_in_state_dict_and_load_drops_it():
     assert "_weight_norm_cache" not in copy.deepcopy(opt).__dict__
 
 
-def test_blocked_and_streamed_kernels_give_identical_bits(monkeypatch):
-    """Small tensors go through the blocked kernels (whole tensor per thread, ratio in C), large
-    ones are streamed (ratio by trust_ratio.trust_ratio): both must give the same bits."""
-    shapes = [(64, 64), (64,), (300, 200), (1,), (5000,)]
+def test_blocked_grouped_and_streamed_kernels_give_identical_bits(monkeypatch):
+    """Unsharded tensors go through the blocked kernels (whole small tensor per thread) or the
+    grouped ones (all threads, group by group), both with the ratio in C; the streamed passes take
+    the ratio from trust_ratio.trust_ratio. All three must give the same bits."""
+    shapes = [(64, 64), (64,), (300, 200), (1,), (5000,), (40000,)]
     cases = [c for c in CASES if "p_bound" not in c[1]] + [(Fromage, dict(lr=0.1, p_bound=1.0))]
+    ways = {
+        "blocked": dict(BLOCKED_BYTES=1 << 30, GROUP_BYTES=0, IN_KERNEL_RATIO=True),
+        "grouped": dict(BLOCKED_BYTES=0, GROUP_BYTES=64 << 10, IN_KERNEL_RATIO=True),
+        "one group per tensor": dict(BLOCKED_BYTES=0, GROUP_BYTES=0, IN_KERNEL_RATIO=True),
+        "mixed": dict(BLOCKED_BYTES=1 << 16, GROUP_BYTES=1 << 20, IN_KERNEL_RATIO=True),
+        "streamed": dict(IN_KERNEL_RATIO=False),
+    }
     for cls, kw in cases:
         for cache in ([False, True] if cls is not LAMB else [False]):
             extra = dict(cache_weight_norm=True) if cache else {}
-            monkeypatch.setattr(_native, "BLOCKED_BYTES", 1 << 20)
-            blocked, _ = run(cls, dict(kw, **extra), fused=True, shapes=shapes)
-            monkeypatch.setattr(_native, "BLOCKED_BYTES", 0)
-            streamed, _ = run(cls, dict(kw, **extra), fused=True, shapes=shapes)
-            for a, b in zip(blocked, streamed):
-                assert torch.equal(a, b), (cls.__name__, kw, cache)
+            results = {}
+            for way, settings in ways.items():
+                with monkeypatch.context() as m:
+                    for name, value in settings.items():
+                        m.setattr(_native, name, value)
+                    results[way], _ = run(cls, dict(kw, **extra), fused=True, shapes=shapes)
+            for way, got in results.items():
+                for a, b in zip(got, results["streamed"]):
+                    assert torch.equal(a, b), (cls.__name__, kw, cache, way)
 
 
-def test_blocked_split_takes_small_unsharded_tensors(monkeypatch):
+def test_split_by_size_and_sharding(monkeypatch):
     monkeypatch.setattr(_native, "BLOCKED_BYTES", 8 * 100)
     ts = [torch.zeros(100), torch.zeros(101), torch.zeros(3)]
-    small, large = _native.split(ts, ts, 8)
-    assert list(small) == [0, 2] and list(large) == [1]
-    monkeypatch.setattr(_native, "BLOCKED_BYTES", 0)
-    assert _native.split(ts, ts, 8) == (None, _native.array("i", [0, 1, 2]))
+    small, grouped, streamed = _native.split(ts, ts, 8)
+    assert list(small) == [0, 2] and list(grouped) == [1] and streamed is None
+    monkeypatch.setattr(_native, "IN_KERNEL_RATIO", False)
+    assert _native.split(ts, ts, 8) == (None, None, _native.array("i", [0, 1, 2]))
 
 
 def test_kernel_trust_ratio_is_the_twin_of_trust_ratio():

@@ -171,15 +171,16 @@ def fromage_update(
 
 def _fromage_native(params, grads, momentum_buffers, initial_norms, *, lr, momentum, p_bound, trust_ratio,
                     maximize, like, weight_norm=None, return_weight_norm=False):
-    """The same step on the native kernels.
+    """The same step on the native kernels (see `_native.split`).
 
-    Tensors that fit in a core's L2 cache (and are not sharded) take the blocked kernel: norms,
-    ratio and update one tensor at a time, so W and u are read from memory once. The others are
-    streamed: one pass for the norms (and the momentum update), the ratio by
-    `trust_ratio.trust_ratio` on the reduced norms, one pass for p ← (p + coef·u)·c. With p_bound, a
-    rescale of only the tensors that exceed their bound. `weight_norm`: local norms of `params`
-    known from the previous step's update pass (then W is not read for them); the update pass
-    returns the new ones when p_bound or the caller needs them.
+    Unsharded tensors: norm pass, ratio and update pass per tensor (blocked: tensors that fit in a
+    core's L2, one thread each) or per group of tensors (grouped: about half the last-level cache,
+    all threads), so the update pass finds W and u in cache. Sharded tensors (their norms must be
+    reduced across ranks between the passes) are streamed: one pass for the norms (and the momentum
+    update), `trust_ratio.trust_ratio` on the reduced norms, one pass for p ← (p + coef·u)·c.
+    With p_bound, a rescale of only the tensors that exceed their bound. `weight_norm`: local norms
+    of `params` known from the previous step's update pass (then W is not read for them); the update
+    pass returns the new ones when p_bound or the caller needs them.
     """
     n = len(params)
     bufs = momentum_buffers if momentum > 0 else None
@@ -189,7 +190,6 @@ def _fromage_native(params, grads, momentum_buffers, initial_norms, *, lr, momen
     c = 1.0 / math.sqrt(1.0 + lr * lr)
     lr_signed = lr if maximize else -lr
     if not trust_ratio:
-        small, large = None, None
         if bufs is not None:
             _native.lerp_norms(params, grads, bufs, 1.0 - momentum, None, torch.empty(n, dtype=torch.float32))
         if p_bound is not None and weight_norm is None:
@@ -197,26 +197,28 @@ def _fromage_native(params, grads, momentum_buffers, initial_norms, *, lr, momen
         _native.fromage_update(params, direction, torch.full((n,), lr_signed, dtype=torch.float32), c, new_local)
         local_weight_norm = weight_norm
     else:
-        small, large = _native.split(params, like, 12 if bufs is not None else 8)
+        bpe = 12 if bufs is not None else 8
+        small, grouped, streamed = _native.split(params, like, bpe)
         local_weight_norm = torch.empty(n, dtype=torch.float32) if weight_norm is None else weight_norm.clone()
         direction_norm = torch.empty(n, dtype=torch.float32)
+        in_kernel = dict(weight=1.0 - momentum, lr_signed=lr_signed, c=c, wnorm_in=weight_norm,
+                         wnorm=local_weight_norm, unorm=direction_norm, newnorm=new_local)
         if small is not None:
-            _native.fromage_blocked(
-                params, grads, bufs, small, weight=1.0 - momentum, lr_signed=lr_signed, c=c, wnorm_in=weight_norm,
-                wnorm=local_weight_norm, unorm=direction_norm, newnorm=new_local,
-            )
-        if large is not None:
+            _native.fromage_blocked(params, grads, bufs, small, **in_kernel)
+        if grouped is not None:
+            _native.fromage_grouped(params, grads, bufs, grouped, group_elems=_native.group_elems(bpe), **in_kernel)
+        if streamed is not None:
             pnorm = local_weight_norm if weight_norm is None else None
             if bufs is not None:
-                _native.lerp_norms(params, grads, bufs, 1.0 - momentum, pnorm, direction_norm, sel=large)
+                _native.lerp_norms(params, grads, bufs, 1.0 - momentum, pnorm, direction_norm, sel=streamed)
             elif pnorm is not None:
-                _native.norms(params, grads, sel=large, out=(pnorm, direction_norm))
+                _native.norms(params, grads, sel=streamed, out=(pnorm, direction_norm))
             else:
-                _native.norms(grads, sel=large, out=(direction_norm,))
+                _native.norms(grads, sel=streamed, out=(direction_norm,))
             ratio = tr.trust_ratio(
                 tr.reduce_norms(local_weight_norm.clone(), like), tr.reduce_norms(direction_norm, like)
             )
-            _native.fromage_update(params, direction, ratio.mul_(lr_signed), c, new_local, sel=large)
+            _native.fromage_update(params, direction, ratio.mul_(lr_signed), c, new_local, sel=streamed)
     if p_bound is not None:
         weight_norm = tr.reduce_norms(local_weight_norm.clone(), like)
         recorded = torch.stack(initial_norms)

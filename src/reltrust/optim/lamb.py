@@ -231,8 +231,9 @@ def _lamb_native(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta
                  maximize, like) -> None:
     """The same step on the native kernels: pass 1 updates m and v and returns ‖W‖ and ‖u‖ (u is
     computed and dropped), pass 2 recomputes u from m and v and updates W: 40 bytes per element.
-    Tensors that fit in a core's L2 cache (and are not sharded) take the blocked kernel, which runs
-    both passes and the ratio one tensor at a time, so pass 2 reads from cache (28 bytes)."""
+    Unsharded tensors run both passes and the ratio per tensor (blocked) or per group (grouped), so
+    pass 2 reads from cache (28 bytes from memory); sharded ones are streamed with
+    `trust_ratio.trust_ratio` on the reduced norms (see `_fromage_native`)."""
     n = len(params)
     t = _native.count_steps(steps)
     if t is None:
@@ -241,19 +242,23 @@ def _lamb_native(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta
     bias1 = 1.0 - torch.pow(beta1, t)
     bias2_sqrt = (1.0 - torch.pow(beta2, t)).sqrt_()
     hp = dict(eps=eps, weight_decay=weight_decay, maximize=maximize)
-    small, large = _native.split(params, like, 16) if trust_ratio else (None, None)
+    small, grouped, streamed = _native.split(params, like, 16) if trust_ratio else (None, None, None)
     weight_norm = torch.empty(n, dtype=torch.float32) if trust_ratio else None
     update_norm = torch.empty(n, dtype=torch.float32) if trust_ratio else None
+    in_kernel = dict(lr=lr, beta1=beta1, beta2=beta2, **hp)
     if small is not None:
-        _native.lamb_blocked(params, grads, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, small, weight_norm, update_norm,
-                             lr=lr, beta1=beta1, beta2=beta2, **hp)
-        if large is None:
-            return
+        _native.lamb_blocked(params, grads, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, small, weight_norm,
+                             update_norm, **in_kernel)
+    if grouped is not None:
+        _native.lamb_grouped(params, grads, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, grouped, weight_norm,
+                             update_norm, group_elems=_native.group_elems(8), **in_kernel)
+    if trust_ratio and streamed is None:
+        return
     _native.lamb_pass1(params, grads, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, weight_norm, update_norm,
-                       beta1=beta1, beta2=beta2, sel=large, **hp)
+                       beta1=beta1, beta2=beta2, sel=streamed, **hp)
     if trust_ratio:
         ratio = tr.trust_ratio(tr.reduce_norms(weight_norm, like), tr.reduce_norms(update_norm, like))
         coef = ratio.mul_(-lr)
     else:
         coef = torch.full_like(t, -lr)
-    _native.lamb_pass2(params, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, coef, sel=large, **hp)
+    _native.lamb_pass2(params, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, coef, sel=streamed, **hp)

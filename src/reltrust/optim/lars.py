@@ -166,28 +166,30 @@ def lars_update(
 
 def _lars_native(params, grads, bufs, *, lr, momentum, weight_decay, trust_coefficient, eps, nesterov, trust_ratio,
                  maximize, like, weight_norm, return_weight_norm):
-    """The same step on the native kernels: tensors that fit in a core's L2 cache (and are not
-    sharded) take the blocked kernel (norms, ratio, update one tensor at a time: W and g read from
-    memory once); the others a norm pass, `trust_ratio.trust_ratio` on the reduced norms, and one
-    pass for v ← μ·v + (±η·r)·g + η·r·λ·W, W ← W − v (or the Nesterov form)."""
+    """The same step on the native kernels: unsharded tensors blocked or grouped (norm pass, ratio,
+    update pass per tensor or group, the update from cache; see `_fromage_native`), sharded ones
+    streamed: a norm pass, `trust_ratio.trust_ratio` on the reduced norms, and one pass for
+    v ← μ·v + (±η·r)·g + η·r·λ·W, W ← W − v (or the Nesterov form)."""
     n = len(params)
     new_local = torch.empty(n, dtype=torch.float32) if return_weight_norm else None
-    small, large = _native.split(params, like, 12 if bufs is not None else 8) if trust_ratio else (None, None)
+    bpe = 12 if bufs is not None else 8
+    small, grouped, streamed = _native.split(params, like, bpe) if trust_ratio else (None, None, None)
     local_weight_norm = torch.empty(n, dtype=torch.float32) if weight_norm is None else weight_norm.clone()
     grad_norm = torch.empty(n, dtype=torch.float32)
+    in_kernel = dict(lr=lr, coefficient=trust_coefficient, weight_decay=weight_decay, eps=eps, maximize=maximize,
+                     momentum=momentum, nesterov=nesterov, wnorm_in=weight_norm, wnorm=local_weight_norm,
+                     gnorm=grad_norm, newnorm=new_local)
     if small is not None:
-        _native.lars_blocked(
-            params, grads, bufs, small, lr=lr, coefficient=trust_coefficient, weight_decay=weight_decay, eps=eps,
-            maximize=maximize, momentum=momentum, nesterov=nesterov, wnorm_in=weight_norm, wnorm=local_weight_norm,
-            gnorm=grad_norm, newnorm=new_local,
-        )
-        if large is None:
-            return new_local
+        _native.lars_blocked(params, grads, bufs, small, **in_kernel)
+    if grouped is not None:
+        _native.lars_grouped(params, grads, bufs, grouped, group_elems=_native.group_elems(bpe), **in_kernel)
     if trust_ratio:
+        if streamed is None:
+            return new_local
         if weight_norm is None:
-            _native.norms(params, grads, sel=large, out=(local_weight_norm, grad_norm))
+            _native.norms(params, grads, sel=streamed, out=(local_weight_norm, grad_norm))
         else:
-            _native.norms(grads, sel=large, out=(grad_norm,))
+            _native.norms(grads, sel=streamed, out=(grad_norm,))
         step = tr.trust_ratio(
             tr.reduce_norms(local_weight_norm.clone(), like), tr.reduce_norms(grad_norm, like),
             coefficient=trust_coefficient, weight_decay=weight_decay, eps=eps,
@@ -198,6 +200,6 @@ def _lars_native(params, grads, bufs, *, lr, momentum, weight_decay, trust_coeff
     decay_step = step * weight_decay if weight_decay else None
     _native.lars_update(
         params, grads, bufs, grad_step, -grad_step, decay_step, 1.0 - decay_step if weight_decay else None,
-        new_local, momentum=momentum, nesterov=nesterov, sel=large,
+        new_local, momentum=momentum, nesterov=nesterov, sel=streamed,
     )
     return new_local

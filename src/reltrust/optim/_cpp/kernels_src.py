@@ -304,8 +304,10 @@ static inline float lamb_dir(float m, float v, float p, float ib1, float ib2s, c
     return u;
 }
 
+/* u_out (optional): where to keep u for pass 2 (span_lamb2_kept), which then need not recompute it. */
 static void span_lamb1(const float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
-                       float b1, float b2s, lamb_hp_t h, int64_t len, int want_u, int want_p, double *out) {
+                       float b1, float b2s, lamb_hp_t h, int64_t len, int want_u, int want_p, double *out,
+                       float *restrict u_out) {
     const int small = fabsf(h.w) < 0.5f;
     const float ib1 = 1.0f / b1, ib2s = 1.0f / b2s;
 #define LAMB1_MOMENTS                                                    \
@@ -315,7 +317,9 @@ static void span_lamb1(const float *restrict p, const float *restrict g, float *
     v[i] = vi;                                                           \
     const float mi = lerp1(m[i], gi, h.w, small);                        \
     m[i] = mi;
-    if (want_u)
+    if (want_u && u_out)
+        NORM_LOOP(len, out[1], LAMB1_MOMENTS r = lamb_dir(mi, vi, p[i], ib1, ib2s, &h); u_out[i] = r);
+    else if (want_u)
         NORM_LOOP(len, out[1], LAMB1_MOMENTS r = lamb_dir(mi, vi, p[i], ib1, ib2s, &h));
     else
         PLAIN_LOOP(len, LAMB1_MOMENTS r = 0);
@@ -327,6 +331,11 @@ static void span_lamb2(float *restrict p, const float *restrict m, const float *
                        lamb_hp_t h, float k, int64_t len) {
     const float ib1 = 1.0f / b1, ib2s = 1.0f / b2s;
     PLAIN_LOOP(len, r = fmaf(lamb_dir(m[i], v[i], p[i], ib1, ib2s, &h), k, p[i]); p[i] = r);
+}
+
+/* pass 2 with the u that pass 1 kept: the same bits as span_lamb2, without a sqrt and a division. */
+static void span_lamb2_kept(float *restrict p, const float *restrict u, float k, int64_t len) {
+    PLAIN_LOOP(len, r = fmaf(u[i], k, p[i]); p[i] = r);
 }
 
 /* The trust ratio of one tensor: the float32 twin of reltrust.optim.trust_ratio.trust_ratio,
@@ -451,7 +460,7 @@ int rt_lamb_pass1(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int
     for (int64_t s = 0; s < sp.n; s++) {
         const span_t x = sp.s[s];
         span_lamb1(PTR(p_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), PTR(m_ptrs, x.t, x.lo), PTR(v_ptrs, x.t, x.lo),
-                   b1[x.t], b2s[x.t], h, x.hi - x.lo, unorm != NULL, pnorm != NULL, &partial[s * 2]);
+                   b1[x.t], b2s[x.t], h, x.hi - x.lo, unorm != NULL, pnorm != NULL, &partial[s * 2], NULL);
     }
     float *outs[2] = {pnorm, unorm};
     finish_norms(n, sel, nsel, sp, partial, 2, outs);
@@ -565,32 +574,257 @@ int rt_lars_blocked(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const i
     return 0;
 }
 
-/* LAMB on small tensors: pass 1 (moments, ‖W‖, ‖u‖), r, pass 2 with coef = r·(−lr). */
+/* LAMB on small tensors: pass 1 (moments, ‖W‖, ‖u‖, u kept in a per-thread buffer of the tensor's
+ * size), r, pass 2 with coef = r·(−lr) from the kept u. */
 int rt_lamb_blocked(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *m_ptrs, const int64_t *v_ptrs,
                     const int64_t *sizes, const int32_t *sel, int nsel, const float *b1, const float *b2s, float w,
                     float beta2, float cv, float eps, float wd, int maximize, float neg_lr, float *wnorm,
                     float *unorm, int nthreads) {
     const lamb_hp_t h = {w, beta2, cv, eps, wd, maximize, wd != 0.0f};
     const ratio_hp_t rh = {1.0f, 0.0f, 0.0f};
-    BLOCKED_BEGIN
-    double sums[2] = {0, 0};
-    for (int64_t s = 0; s < nsp; s++) {
-        const int64_t lo = SPAN_LO(s);
-        double part[2] = {0, 0};
-        span_lamb1(PTR(p_ptrs, t, lo), PTR(g_ptrs, t, lo), PTR(m_ptrs, t, lo), PTR(v_ptrs, t, lo), b1[t], b2s[t], h,
-                   SPAN_LEN(size, s), 1, 1, part);
-        sums[0] += part[0];
-        sums[1] += part[1];
+    int64_t largest = 1;
+    for (int q = 0; q < NSEL; q++)
+        if (sizes[SEL(q)] > largest) largest = sizes[SEL(q)];
+    const int nth_ = threads_for(NSEL, nthreads);
+#pragma omp parallel num_threads(nth_)
+    {
+        int lo_, hi_;
+        thread_range(n, sel, nsel, sizes, omp_get_thread_num(), omp_get_num_threads(), &lo_, &hi_);
+        float *kept = (float *)malloc(sizeof(float) * (size_t)largest);
+        for (int q_ = lo_; q_ < hi_; q_++) {
+            const int t = SEL(q_);
+            const int64_t size = sizes[t], nsp = NSPANS(size);
+            double sums[2] = {0, 0};
+            for (int64_t s = 0; s < nsp; s++) {
+                const int64_t lo = SPAN_LO(s);
+                double part[2] = {0, 0};
+                span_lamb1(PTR(p_ptrs, t, lo), PTR(g_ptrs, t, lo), PTR(m_ptrs, t, lo), PTR(v_ptrs, t, lo), b1[t],
+                           b2s[t], h, SPAN_LEN(size, s), 1, 1, part, kept + lo);
+                sums[0] += part[0];
+                sums[1] += part[1];
+            }
+            const float wn = (float)sqrt(sums[0]), un = (float)sqrt(sums[1]);
+            const float k = trust_ratio1(wn, un, rh) * neg_lr;
+            for (int64_t s = 0; s < nsp; s++) {
+                const int64_t lo = SPAN_LO(s);
+                span_lamb2_kept(PTR(p_ptrs, t, lo), kept + lo, k, SPAN_LEN(size, s));
+            }
+            wnorm[t] = wn;
+            unorm[t] = un;
+        }
+        free(kept);
     }
-    const float wn = (float)sqrt(sums[0]), un = (float)sqrt(sums[1]);
-    const float k = trust_ratio1(wn, un, rh) * neg_lr;
-    for (int64_t s = 0; s < nsp; s++) {
-        const int64_t lo = SPAN_LO(s);
-        span_lamb2(PTR(p_ptrs, t, lo), PTR(m_ptrs, t, lo), PTR(v_ptrs, t, lo), b1[t], b2s[t], h, k, SPAN_LEN(size, s));
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* grouped entry points: the selected tensors in consecutive groups of about group_elems elements  */
+/* (a larger tensor is a group of its own); for each group, all threads run the norm pass over its */
+/* spans, one computes the ratios, then each thread updates the spans it normed (same static       */
+/* schedule), which the last-level cache still holds. Same span functions and sums as streamed.    */
+
+typedef struct {
+    spans_t sp;
+    int ngroups;
+    int64_t *gspan; /* group k: spans [gspan[k], gspan[k+1]) */
+    int32_t *gsel;  /* group k: selected tensors q in [gsel[k], gsel[k+1]) */
+    int64_t *tspan; /* selected tensor q: spans [tspan[q], tspan[q+1]) */
+} groups_t;
+
+static groups_t make_groups(int n, const int64_t *sizes, const int32_t *sel, int nsel, int64_t group_elems) {
+    groups_t G;
+    G.sp = make_spans(n, sizes, sel, nsel);
+    G.tspan = (int64_t *)malloc(sizeof(int64_t) * (size_t)(NSEL + 1));
+    G.gspan = (int64_t *)malloc(sizeof(int64_t) * (size_t)(NSEL + 1));
+    G.gsel = (int32_t *)malloc(sizeof(int32_t) * (size_t)(NSEL + 1));
+    int64_t s = 0, in_group = 0;
+    G.ngroups = 0;
+    for (int q = 0; q < NSEL; q++) {
+        const int64_t size = sizes[SEL(q)];
+        if (q == 0 || in_group + size > group_elems) { /* start a new group */
+            G.gspan[G.ngroups] = s;
+            G.gsel[G.ngroups] = q;
+            G.ngroups++;
+            in_group = 0;
+        }
+        in_group += size;
+        G.tspan[q] = s;
+        s += NSPANS(size);
     }
-    wnorm[t] = wn;
-    unorm[t] = un;
-    BLOCKED_END
+    G.tspan[NSEL] = s;
+    G.gspan[G.ngroups] = s;
+    G.gsel[G.ngroups] = NSEL;
+    return G;
+}
+
+static void free_groups(groups_t *G) {
+    free(G->sp.s);
+    free(G->tspan);
+    free(G->gspan);
+    free(G->gsel);
+}
+
+/* Σ over selected tensor q's spans of partial[s*k + j], in span order (as finish_norms sums). */
+static double tensor_sum(const groups_t *G, int q, const double *partial, int k, int j) {
+    double acc = 0;
+    for (int64_t s = G->tspan[q]; s < G->tspan[q + 1]; s++) acc += partial[s * k + j];
+    return acc;
+}
+
+int rt_fromage_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *m_ptrs,
+                       const int64_t *sizes, const int32_t *sel, int nsel, int64_t group_elems, float w,
+                       float lr_signed, float c, const float *wnorm_in, float *wnorm, float *unorm, float *newnorm,
+                       int nthreads) {
+    groups_t G = make_groups(n, sizes, sel, nsel, group_elems);
+    double *partial = new_partial(G.sp, 2), *npart = new_partial(G.sp, 1);
+    float *coef = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    const ratio_hp_t rh = {1.0f, 0.0f, 0.0f};
+    const int64_t *u_ptrs = m_ptrs ? m_ptrs : g_ptrs;
+#pragma omp parallel num_threads(threads_for(G.sp.n, nthreads))
+    for (int k = 0; k < G.ngroups; k++) {
+#pragma omp for schedule(static)
+        for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) {
+            const span_t x = G.sp.s[s];
+            const int64_t len = x.hi - x.lo;
+            double *part = &partial[s * 2];
+            if (m_ptrs) {
+                part[1] = span_lerp(PTR(m_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), w, len);
+                if (!wnorm_in) part[0] = span_sumsq(PTR(p_ptrs, x.t, x.lo), len);
+            } else if (!wnorm_in) {
+                span_sumsq2(PTR(p_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), len, part);
+            } else {
+                part[1] = span_sumsq(PTR(g_ptrs, x.t, x.lo), len);
+            }
+        }
+#pragma omp single
+        for (int q = G.gsel[k]; q < G.gsel[k + 1]; q++) {
+            const int t = SEL(q);
+            const float wn = wnorm_in ? wnorm_in[t] : (float)sqrt(tensor_sum(&G, q, partial, 2, 0));
+            const float un = (float)sqrt(tensor_sum(&G, q, partial, 2, 1));
+            wnorm[t] = wn;
+            unorm[t] = un;
+            coef[t] = trust_ratio1(wn, un, rh) * lr_signed;
+        }
+#pragma omp for schedule(static) nowait
+        for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) {
+            const span_t x = G.sp.s[s];
+            npart[s] = span_fromage(PTR(p_ptrs, x.t, x.lo), PTR(u_ptrs, x.t, x.lo), coef[x.t], c, x.hi - x.lo,
+                                    newnorm != NULL);
+        }
+    }
+    float *outs[1] = {newnorm};
+    finish_norms(n, sel, nsel, G.sp, npart, 1, outs);
+    free(coef);
+    free(npart);
+    free(partial);
+    free_groups(&G);
+    return 0;
+}
+
+int rt_lars_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *v_ptrs, const int64_t *sizes,
+                    const int32_t *sel, int nsel, int64_t group_elems, float lr, float coefficient,
+                    float weight_decay, float eps, int maximize, float momentum, int nesterov, const float *wnorm_in,
+                    float *wnorm, float *gnorm, float *newnorm, int nthreads) {
+    groups_t G = make_groups(n, sizes, sel, nsel, group_elems);
+    double *partial = new_partial(G.sp, 2), *npart = new_partial(G.sp, 1);
+    lars_coef_t *coef = (lars_coef_t *)malloc(sizeof(lars_coef_t) * (size_t)(n > 0 ? n : 1));
+    const ratio_hp_t rh = {coefficient, weight_decay, eps};
+    const int mode = v_ptrs ? (nesterov ? 2 : 1) : 0, decay = weight_decay != 0.0f;
+#pragma omp parallel num_threads(threads_for(G.sp.n, nthreads))
+    for (int k = 0; k < G.ngroups; k++) {
+#pragma omp for schedule(static)
+        for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) {
+            const span_t x = G.sp.s[s];
+            const int64_t len = x.hi - x.lo;
+            if (!wnorm_in)
+                span_sumsq2(PTR(p_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), len, &partial[s * 2]);
+            else
+                partial[s * 2 + 1] = span_sumsq(PTR(g_ptrs, x.t, x.lo), len);
+        }
+#pragma omp single
+        for (int q = G.gsel[k]; q < G.gsel[k + 1]; q++) {
+            const int t = SEL(q);
+            const float wn = wnorm_in ? wnorm_in[t] : (float)sqrt(tensor_sum(&G, q, partial, 2, 0));
+            const float gn = (float)sqrt(tensor_sum(&G, q, partial, 2, 1));
+            wnorm[t] = wn;
+            gnorm[t] = gn;
+            const float step = trust_ratio1(wn, gn, rh) * lr;
+            const float gs = maximize ? -step : step;
+            const float wds = step * weight_decay;
+            const lars_coef_t cf = {gs, -gs, wds, 1.0f - wds};
+            coef[t] = cf;
+        }
+#pragma omp for schedule(static) nowait
+        for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) {
+            const span_t x = G.sp.s[s];
+            npart[s] = span_lars(PTR(p_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), mode ? PTR(v_ptrs, x.t, x.lo) : NULL,
+                                 coef[x.t], momentum, mode, decay, x.hi - x.lo, newnorm != NULL);
+        }
+    }
+    float *outs[1] = {newnorm};
+    finish_norms(n, sel, nsel, G.sp, npart, 1, outs);
+    free(coef);
+    free(npart);
+    free(partial);
+    free_groups(&G);
+    return 0;
+}
+
+int rt_lamb_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *m_ptrs, const int64_t *v_ptrs,
+                    const int64_t *sizes, const int32_t *sel, int nsel, int64_t group_elems, const float *b1,
+                    const float *b2s, float w, float beta2, float cv, float eps, float wd, int maximize, float neg_lr,
+                    float *wnorm, float *unorm, int nthreads) {
+    /* u is kept between the passes in a buffer of group_elems floats, for the groups that fit in it
+     * (a tensor larger than a group is recomputed in pass 2 instead). */
+    groups_t G = make_groups(n, sizes, sel, nsel, group_elems);
+    double *partial = new_partial(G.sp, 2);
+    float *coef = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    int64_t *offset = (int64_t *)malloc(sizeof(int64_t) * (size_t)(G.sp.n > 0 ? G.sp.n : 1));
+    for (int k = 0; k < G.ngroups; k++) {
+        int64_t o = 0;
+        for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) {
+            offset[s] = o;
+            o += G.sp.s[s].hi - G.sp.s[s].lo;
+        }
+        if (o > group_elems)
+            for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) offset[s] = -1; /* recompute */
+    }
+    float *kept = (float *)malloc(sizeof(float) * (size_t)(group_elems > 0 ? group_elems : 1));
+    const lamb_hp_t h = {w, beta2, cv, eps, wd, maximize, wd != 0.0f};
+    const ratio_hp_t rh = {1.0f, 0.0f, 0.0f};
+#pragma omp parallel num_threads(threads_for(G.sp.n, nthreads))
+    for (int k = 0; k < G.ngroups; k++) {
+#pragma omp for schedule(static)
+        for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) {
+            const span_t x = G.sp.s[s];
+            span_lamb1(PTR(p_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), PTR(m_ptrs, x.t, x.lo), PTR(v_ptrs, x.t, x.lo),
+                       b1[x.t], b2s[x.t], h, x.hi - x.lo, 1, 1, &partial[s * 2], offset[s] >= 0 ? kept + offset[s] : NULL);
+        }
+#pragma omp single
+        for (int q = G.gsel[k]; q < G.gsel[k + 1]; q++) {
+            const int t = SEL(q);
+            const float wn = (float)sqrt(tensor_sum(&G, q, partial, 2, 0));
+            const float un = (float)sqrt(tensor_sum(&G, q, partial, 2, 1));
+            wnorm[t] = wn;
+            unorm[t] = un;
+            coef[t] = trust_ratio1(wn, un, rh) * neg_lr;
+        }
+        /* not nowait: the next group's pass 1 overwrites `kept` */
+#pragma omp for schedule(static)
+        for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) {
+            const span_t x = G.sp.s[s];
+            if (offset[s] >= 0)
+                span_lamb2_kept(PTR(p_ptrs, x.t, x.lo), kept + offset[s], coef[x.t], x.hi - x.lo);
+            else
+                span_lamb2(PTR(p_ptrs, x.t, x.lo), PTR(m_ptrs, x.t, x.lo), PTR(v_ptrs, x.t, x.lo), b1[x.t], b2s[x.t],
+                           h, coef[x.t], x.hi - x.lo);
+        }
+    }
+    free(kept);
+    free(offset);
+    free(coef);
+    free(partial);
+    free_groups(&G);
     return 0;
 }
 
@@ -612,5 +846,5 @@ int rt_trust_ratio(int n, const float *w, const float *u, float coefficient, flo
     return 0;
 }
 
-int rt_abi_version(void) { return 2; }
+int rt_abi_version(void) { return 3; }
 """
