@@ -1,6 +1,6 @@
 """Optimiser step speed against peers and against the machine's memory-bandwidth floor.
 
-    python benchmarks/step_speed.py --quick              # < 1 minute
+    python benchmarks/step_speed.py --quick              # < 1 minute: the deep-MLP set, 5 rounds
     python benchmarks/step_speed.py                      # the README table (all sets, 15 rounds)
     python benchmarks/step_speed.py --sets gpt2 --rounds 21 --threads 2
 
@@ -109,7 +109,16 @@ def load_timm(path: str | None):
     return None
 
 
-def contenders(params, timm, only=None):
+def own_copy(params):
+    """Parameters of their own (same gradients) for a contender that must see only its own writes:
+    cache_weight_norm keeps ‖W‖ only while no one else writes W."""
+    own = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for q, p in zip(own, params):
+        q.grad = p.grad
+    return own
+
+
+def contenders(params, timm, only=None, cached=True):
     """name → (family, factory). family: the fused torch baseline with the same byte floor."""
     c = {
         "torch SGD-momentum fused": ("sgd", lambda: torch.optim.SGD(params, lr=1e-3, momentum=0.9, fused=True)),
@@ -117,7 +126,17 @@ def contenders(params, timm, only=None):
         "reltrust Fromage": ("sgd", lambda: ro.Fromage(params, lr=0.01)),
         "reltrust LARS": ("adam", lambda: ro.LARS(params, lr=0.1, momentum=0.9, weight_decay=1e-4)),
         "reltrust LAMB": ("adam", lambda: ro.LAMB(params, lr=1e-4, weight_decay=0.01)),
+        "reltrust Fromage, torch path": ("sgd", lambda: ro.Fromage(params, lr=0.01, foreach=True)),
+        "reltrust LARS, torch path": (
+            "adam", lambda: ro.LARS(params, lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=True)),
+        "reltrust LAMB, torch path": ("adam", lambda: ro.LAMB(params, lr=1e-4, weight_decay=0.01, foreach=True)),
     }
+    if cached:
+        c["reltrust Fromage, cache_weight_norm"] = (
+            "sgd", lambda: ro.Fromage(own_copy(params), lr=0.01, cache_weight_norm=True))
+        c["reltrust LARS, cache_weight_norm"] = (
+            "adam", lambda: ro.LARS(own_copy(params), lr=0.1, momentum=0.9, weight_decay=1e-4,
+                                    cache_weight_norm=True))
     try:
         import pytorch_optimizer as po
 
@@ -140,6 +159,8 @@ def contenders(params, timm, only=None):
 FLOOR_BYTES = {  # bytes per fp32 element the step must move at least (reads + writes)
     "torch SGD-momentum fused": 20, "torch Adam fused": 28,
     "reltrust Fromage": 20, "reltrust LARS": 28, "reltrust LAMB": 40,
+    "reltrust Fromage, torch path": 20, "reltrust LARS, torch path": 28, "reltrust LAMB, torch path": 40,
+    "reltrust Fromage, cache_weight_norm": 16, "reltrust LARS, cache_weight_norm": 24,
     "pytorch_optimizer Fromage": 20, "pytorch_optimizer LARS": 28, "pytorch_optimizer Lamb": 40,
     "timm Lamb": 40, "timm Lars": 28,
 }
@@ -160,17 +181,17 @@ def state_bytes(opt) -> int:
 # bandwidth floor
 
 
-def bandwidth(params, grads, reps=5):
-    """GB/s of p.add_(g) (12 B/elt) and of norms of p (4 B/elt), over this set's tensors."""
-    n = sum(p.numel() for p in params)
-    ps = [p.detach() for p in params]
+def bandwidth(n, reps=7):
+    """GB/s of x.add_(y) (12 B/elt: two reads, one write) and of ‖x‖ (4 B/elt) on two flat float32
+    buffers of n elements each: what this machine's memory gives one torch op on this much data."""
+    x, y = torch.randn(n), torch.randn(n)
     add, nrm = [], []
     for _ in range(reps):
         t = time.perf_counter()
-        torch._foreach_add_(ps, grads, alpha=0.0)
+        x.add_(y)
         add.append(time.perf_counter() - t)
         t = time.perf_counter()
-        torch._foreach_norm(ps)
+        torch.linalg.vector_norm(x)
         nrm.append(time.perf_counter() - t)
     return 12 * n / statistics.median(add) / 1e9, 4 * n / statistics.median(nrm) / 1e9
 
@@ -178,19 +199,19 @@ def bandwidth(params, grads, reps=5):
 # ---------------------------------------------------------------------------------------------------
 
 
-def run_set(key, rounds, only, timm, warmup=2):
+def run_set(key, rounds, only, timm, warmup=2, cached=True):
     title, shapes_fn = SETS[key]
     shapes = shapes_fn()
     params, master = make_params(shapes)
     n = sum(p.numel() for p in params)
     print(f"\n## {key}: {title}: {len(params)} tensors, {n / 1e6:.1f}M parameters, "
           f"{n * 4 / 2**20:.0f} MiB per fp32 copy")
-    add_bw, norm_bw = bandwidth(params, [p.grad for p in params])
+    add_bw, norm_bw = bandwidth(n)
     print(f"measured bandwidth: add_ {add_bw:.1f} GB/s, norm {norm_bw:.1f} GB/s "
           f"(floor at add_ bandwidth: 20 B/elt = {20 * n / add_bw / 1e6:.1f} ms, "
           f"28 B/elt = {28 * n / add_bw / 1e6:.1f} ms, 40 B/elt = {40 * n / add_bw / 1e6:.1f} ms)")
     opts, families, setup = {}, {}, {}
-    for name, (family, factory) in contenders(params, timm, only).items():
+    for name, (family, factory) in contenders(params, timm, only, cached).items():
         t = time.perf_counter()
         try:
             opt = factory()
@@ -253,25 +274,30 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--only", default=None, help="comma list of substrings of contender names (baselines kept)")
     ap.add_argument("--timm", default=None, help="timm wheel or source tree (see module docstring)")
-    ap.add_argument("--quick", action="store_true", help="mlp and big sets, 5 rounds (< 1 minute)")
+    ap.add_argument("--quick", action="store_true",
+                    help="the mlp set only, 5 rounds, no cache_weight_norm variants (< 1 minute)")
+    ap.add_argument("--no-peers", action="store_true", help="only torch's fused optimisers and reltrust's")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sets, rounds = args.sets.split(","), args.rounds
+    sets, rounds, cached, warmup = args.sets.split(","), args.rounds, True, 2
     if args.quick:
-        sets, rounds = ["mlp", "big"], 5
-    timm = load_timm(args.timm)
-    print(f"# {machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"{timm[2] if timm else 'timm: not found'}")
-    try:
-        from reltrust.optim import _native
-
-        print(f"# reltrust native kernels: {_native.describe()}")
-    except ImportError:
-        pass
+        sets, rounds, cached, warmup = ["mlp"], 5, False, 1
     only = args.only.split(",") if args.only else None
+    if args.no_peers:
+        only = ["reltrust"]
+    timm = None if args.no_peers else load_timm(args.timm)
+    print(f"# {machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{timm[2] if timm else 'timm: not loaded'}")
+    from reltrust.optim import _native
+
+    existed = os.path.isdir(_native._build_dir()) and bool(os.listdir(_native._build_dir()))
+    t = time.perf_counter()
+    _native.available()
+    print(f"# reltrust native kernels: {_native.describe()} "
+          f"({'loaded' if existed else 'built and loaded'} in {time.perf_counter() - t:.2f} s)")
     for key in sets:
-        run_set(key, rounds, only, timm)
+        run_set(key, rounds, only, timm, warmup=warmup, cached=cached)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,26 @@ class ops:
                 o.copy_(s)
 
 
+def cache_blocks(lists: Sequence[Sequence[torch.Tensor]], foreach: bool):
+    """Aligned sub-lists (with the tensor index of each entry) on which to run a sequence of
+    elementwise in-place ops so that each op after the first finds its operands in cache: one
+    tensor at a time (foreach=False); on CPU, blocks of about `lamb.BLOCK` elements, tensors larger
+    than `lamb.CHUNK` cut into flat pieces; on other devices the whole lists at once (one
+    multi-tensor kernel per op). Yields (indices, [sub-list per list]). Elementwise the arithmetic
+    is the same however the lists are cut."""
+    if not foreach:
+        for i, group in enumerate(zip(*lists)):
+            yield [i], [[t] for t in group]
+        return
+    if lists[0][0].device.type != "cpu":
+        yield list(range(len(lists[0]))), [list(ts) for ts in lists]
+        return
+    from reltrust.optim.lamb import _blocks, _pieces  # lamb imports this module
+
+    for block in _blocks(_pieces([list(ts) for ts in lists])):
+        yield [i for i, _ in block], [[views[j] for _, views in block] for j in range(len(lists))]
+
+
 def fused_choice(group: dict[str, Any]) -> bool | None:
     """The `fused` argument a group's update passes on: the native kernels where they apply (None),
     required (True) or never (False). A group that names `foreach` explicitly asks for that torch path."""

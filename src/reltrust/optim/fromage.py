@@ -9,7 +9,7 @@ import torch
 from reltrust.optim import _native
 from reltrust.optim import trust_ratio as tr
 from reltrust.optim._base import (
-    Bucket, LayerwiseOptimizer, check_float, fused_choice, ops, per_tensor, scalar_state, state_zeros,
+    Bucket, LayerwiseOptimizer, cache_blocks, check_float, fused_choice, ops, per_tensor, scalar_state, state_zeros,
 )
 
 
@@ -155,8 +155,7 @@ def fromage_update(
         coef = ratio.mul_(lr if maximize else -lr)
     else:
         coef = torch.full_like(weight_norm, lr if maximize else -lr)
-    ops.addcmul_(params, direction, per_tensor(coef), foreach)
-    ops.mul_(params, 1.0 / math.sqrt(1.0 + lr * lr), foreach)
+    _scaled_update(params, direction, per_tensor(coef), 1.0 / math.sqrt(1.0 + lr * lr), foreach)
 
     if p_bound is not None:
         recorded = torch.stack(initial_norms)
@@ -167,6 +166,14 @@ def fromage_update(
         scale = torch.where(new_norm > limit, limit / new_norm, torch.ones_like(new_norm))
         ops.mul_(params, list(per_tensor(scale)), foreach)
     return None
+
+
+def _scaled_update(params, direction, coefs, c: float, foreach: bool) -> None:
+    """p_i ← (p_i + coef_i·u_i)·c as addcmul_ then mul_, in cache-sized blocks (`cache_blocks`) so
+    that mul_ finds p in cache."""
+    for idx, (ps, us) in cache_blocks([params, direction], foreach):
+        ops.addcmul_(ps, us, [coefs[i] for i in idx], foreach)
+        ops.mul_(ps, c, foreach)
 
 
 def _fromage_native(params, grads, momentum_buffers, initial_norms, *, lr, momentum, p_bound, trust_ratio,

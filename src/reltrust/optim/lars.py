@@ -7,7 +7,9 @@ import torch
 
 from reltrust.optim import _native
 from reltrust.optim import trust_ratio as tr
-from reltrust.optim._base import Bucket, LayerwiseOptimizer, check_float, fused_choice, ops, per_tensor, state_zeros
+from reltrust.optim._base import (
+    Bucket, LayerwiseOptimizer, cache_blocks, check_float, fused_choice, ops, per_tensor, state_zeros,
+)
 
 
 class LARS(LayerwiseOptimizer):
@@ -142,25 +144,34 @@ def lars_update(
     else:
         step = torch.full((len(params),), lr, dtype=params[0].dtype, device=params[0].device)
     grad_step = -step if maximize else step  # η·r·(±1), the coefficient of g in the direction
-    shrink = list(per_tensor(1.0 - step * weight_decay)) if weight_decay else None  # 1 − η·r·λ
+    neg_grad_step = per_tensor(-grad_step)
+    shrink = per_tensor(1.0 - step * weight_decay) if weight_decay else None  # 1 − η·r·λ
+    decay_step = per_tensor(step * weight_decay) if weight_decay else None  # η·r·λ
+    grad_step = per_tensor(grad_step)
+    lists = [params, grads] if momentum == 0 else [params, grads, momentum_buffers]
+    # the ops below run on cache-sized blocks: each op after the first finds its operands in cache
+    for idx, (ps, gs, *vs) in cache_blocks(lists, foreach):
+        def pick(scalars):
+            return [scalars[i] for i in idx]
 
-    if momentum == 0:  # W ← W − η·r·(±g + λW) = (1 − η·r·λ)·W ∓ η·r·g
-        if shrink is not None:
-            ops.mul_(params, shrink, foreach)
-        ops.addcmul_(params, grads, per_tensor(-grad_step), foreach)
-        return None
-    # v ← μ·v + η·r·(±g + λW), with W the weights before this step
-    ops.mul_(momentum_buffers, momentum, foreach)
-    ops.addcmul_(momentum_buffers, grads, per_tensor(grad_step), foreach)
-    if weight_decay:
-        ops.addcmul_(momentum_buffers, params, per_tensor(step * weight_decay), foreach)
-    if nesterov:  # W ← W − η·r·(±g + λW) − μ·v = (1 − η·r·λ)·W ∓ η·r·g − μ·v
-        if shrink is not None:
-            ops.mul_(params, shrink, foreach)
-        ops.addcmul_(params, grads, per_tensor(-grad_step), foreach)
-        ops.add_(params, momentum_buffers, -momentum, foreach)
-    else:  # W ← W − v
-        ops.add_(params, momentum_buffers, -1.0, foreach)
+        if momentum == 0:  # W ← W − η·r·(±g + λW) = (1 − η·r·λ)·W ∓ η·r·g
+            if shrink is not None:
+                ops.mul_(ps, pick(shrink), foreach)
+            ops.addcmul_(ps, gs, pick(neg_grad_step), foreach)
+            continue
+        vs = vs[0]
+        # v ← μ·v + η·r·(±g + λW), with W the weights before this step
+        ops.mul_(vs, momentum, foreach)
+        ops.addcmul_(vs, gs, pick(grad_step), foreach)
+        if weight_decay:
+            ops.addcmul_(vs, ps, pick(decay_step), foreach)
+        if nesterov:  # W ← W − η·r·(±g + λW) − μ·v = (1 − η·r·λ)·W ∓ η·r·g − μ·v
+            if shrink is not None:
+                ops.mul_(ps, pick(shrink), foreach)
+            ops.addcmul_(ps, gs, pick(neg_grad_step), foreach)
+            ops.add_(ps, vs, -momentum, foreach)
+        else:  # W ← W − v
+            ops.add_(ps, vs, -1.0, foreach)
     return None
 
 
