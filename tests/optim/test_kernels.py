@@ -112,7 +112,9 @@ def test_without_norms_the_arithmetic_is_bit_identical(cls, kw):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("cls,kw", [CASES[0], CASES[3], CASES[9], CASES[14]], ids=["fromage", "p_bound", "lars", "lamb"])
+@pytest.mark.parametrize(
+    "cls,kw", [CASES[0], CASES[3], CASES[9], CASES[14]], ids=["fromage", "p_bound", "lars", "lamb"]
+)
 def test_trust_ratio_false_matches_per_tensor_path(cls, kw):
     expected, _ = run(cls, kw, fused=False, foreach=False, trust=False)
     got, _ = run(cls, kw, fused=True, trust=False)
@@ -369,10 +371,52 @@ def test_kernel_trust_ratio_is_the_twin_of_trust_ratio():
     from reltrust.optim.trust_ratio import trust_ratio
 
     g = torch.Generator().manual_seed(0)
-    w = torch.cat([torch.rand(2000, generator=g) * 10, torch.tensor([0.0, 1.0, 0.0, float("inf"), float("nan"), 1e-30])])
+    edge = [0.0, 1.0, 0.0, float("inf"), float("nan"), 1e-30]
+    w = torch.cat([torch.rand(2000, generator=g) * 10, torch.tensor(edge)])
     u = torch.cat([torch.rand(2000, generator=g) * 1e-3, torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1e-30])])
     for kw in [dict(), dict(coefficient=0.001), dict(coefficient=0.02, weight_decay=1e-4, eps=1e-8),
                dict(weight_decay=0.1), dict(eps=1e-3), dict(coefficient=3.0, eps=1e-9)]:
         expected = trust_ratio(w, u, **kw)
         got = _native.trust_ratio(w, u, **kw)
         assert torch.equal(got, expected) or torch.allclose(got, expected, rtol=0, atol=0, equal_nan=True), kw
+
+
+@pytest.fixture
+def one_rank_mesh():
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available() or dist.is_initialized():
+        pytest.skip("needs torch.distributed and no process group of its own")
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cpu", (1,))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    "cls,kw", [CASES[1], CASES[4], CASES[9], CASES[14]], ids=["fromage", "p_bound", "lars", "lamb"]
+)
+def test_dtensor_shards_take_the_streamed_path_and_match_plain_tensors(one_rank_mesh, cls, kw):
+    """Sharded DTensors need their norms reduced between the passes: they are streamed (ratio by
+    trust_ratio.trust_ratio on reduced norms), replicated ones and plain tensors are not; on one
+    rank all give the same bits."""
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    ws, gs = make(shapes=SHAPES[:4]), grads(SHAPES[:4], 3)
+    plain = [nn.Parameter(w.clone()) for w in ws]
+    sharded = [nn.Parameter(distribute_tensor(w.clone(), one_rank_mesh, [Shard(0)])) for w in ws]
+    replicated = [nn.Parameter(distribute_tensor(w.clone(), one_rank_mesh, [Replicate()])) for w in ws]
+    locals_ = [p.to_local() for p in sharded]
+    assert _native.split(locals_, sharded, 8)[2] is not None and _native.split(locals_, sharded, 8)[:2] == (None, None)
+    assert _native.split([p.to_local() for p in replicated], replicated, 8)[2] is None
+    opts = [cls(ps, fused=True, **kw) for ps in (plain, sharded, replicated)]
+    for step_grads in gs:
+        for ps in (plain, sharded, replicated):
+            for p, g in zip(ps, step_grads):
+                p.grad = g.clone() if ps is plain else distribute_tensor(g.clone(), one_rank_mesh, p.placements)
+        for o in opts:
+            o.step()
+    for a, b, c in zip(plain, sharded, replicated):
+        assert torch.equal(a.detach(), b.full_tensor()) and torch.equal(a.detach(), c.full_tensor())

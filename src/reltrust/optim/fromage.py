@@ -46,16 +46,17 @@ class Fromage(LayerwiseOptimizer):
         maximize: ascend instead of descend.
         fused: the native CPU kernels (`reltrust.optim._native`): None (default) uses them for
             contiguous CPU float32/16-bit tensors when they are built and ``foreach`` is not set,
-            True requires them, False never uses them. They compute norms, ratios and the update in
-            two passes over memory (20 bytes per float32 element, like SGD with momentum) and agree
-            with the torch path to float32 rounding.
+            True requires them, False never uses them. A norm pass and an update pass (20 bytes
+            per float32 element, like SGD with momentum); for tensors or groups of tensors that fit
+            in cache, the update pass reads W and g from cache (12 bytes from memory). They agree
+            with the torch path to float32 rounding (bit for bit but for the norms' last bits).
         cache_weight_norm: native path only, off by default. The update pass also takes ‖W‖ of the
             new weights, and the next step uses it instead of reading W again for its norm
-            (Fromage then moves 16 bytes per element, below SGD with momentum's 20). The cached norms are used only while the weights' storage and version
-            counters are those the step left — any in-place op on W or a view of it, a model
-            ``load_state_dict`` or ``p.data = …`` drops them — but writes that bypass the version
-            counter (through ``p.data``, ``.numpy()``, DLPack) are not seen: enable it only where
-            nothing writes weights that way. 16-bit parameters do not use it.
+            (Fromage then moves 16 bytes per element, below SGD-momentum's 20). The cached norms
+            are used only while the weights' storage and version counters are those the step left — any in-place op on W or a view of it, a
+            model's ``load_state_dict``, ``p.data = …`` drop them — but writes that bypass the
+            version counter (through ``p.data``, ``.numpy()``, DLPack) go unseen: enable it only
+            where nothing writes weights that way. 16-bit parameters do not use it.
 
     Parameters without a gradient are left untouched; sparse gradients raise an error. For DTensor
     (FSDP2) parameters every norm is of the whole logical tensor: one all-reduce of the per-tensor

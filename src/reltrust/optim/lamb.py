@@ -40,8 +40,9 @@ class LAMB(LayerwiseOptimizer):
         foreach, maximize: as in torch.optim.
         fused: the native CPU kernels: None (default) where they apply and ``foreach`` is not set,
             True required, False never (see `reltrust.optim.Fromage`). Pass 1 updates m and v and
-            takes the norms of W and u; pass 2 recomputes u and updates W (40 bytes per float32
-            element; u is never stored).
+            takes the norms of W and u; pass 2 updates W (40 bytes per float32 element). For
+            tensors or groups that fit in cache, pass 2 reads W from cache and takes u from a
+            group-sized buffer (28 bytes from memory, like Adam); otherwise it recomputes u.
 
     DTensor parameters: one all-reduce each for the squared norms of W and of u.
     """

@@ -36,18 +36,19 @@ class LARS(LayerwiseOptimizer):
         foreach, maximize: as in torch.optim.
         fused: the native CPU kernels: None (default) where they apply and ``foreach`` is not set,
             True required, False never (see `reltrust.optim.Fromage`). They read W and g once for
-            the norms and update v and W in one more pass (28 bytes per float32 element, like Adam).
+            the norms and update v and W in one more pass (28 bytes per float32 element, like Adam;
+            W and g from cache where they fit: 20).
         cache_weight_norm: native path only, off by default. The update pass also takes ‖W‖ of the
             new weights, and the next step uses it instead of reading W again for its norm
-            (24 bytes per element instead of 28). The cached norms are used only while the weights' storage and version
-            counters are those the step left — any in-place op on W or a view of it, a model
-            ``load_state_dict`` or ``p.data = …`` drops them — but writes that bypass the version
-            counter (through ``p.data``, ``.numpy()``, DLPack) are not seen: enable it only where
-            nothing writes weights that way. 16-bit parameters do not use it.
+            (24 bytes per element instead of 28). The cached norms are used only while the weights' storage and
+            version counters are those the step left — any in-place op on W or a view of it, a
+            model's ``load_state_dict``, ``p.data = …`` drop them — but writes that bypass the
+            version counter (through ``p.data``, ``.numpy()``, DLPack) go unseen: enable it only
+            where nothing writes weights that way. 16-bit parameters do not use it.
 
-    The step needs no temporaries: on the torch path the buffer is updated by three in-place passes
-    (μ·v, +η·r·g, +η·r·λ·W). DTensor parameters: one all-reduce of the per-tensor squared norms of W
-    and g.
+    The step needs no temporaries: on the torch path the buffer is updated by three in-place ops
+    (μ·v, +η·r·g, +η·r·λ·W), run on cache-sized blocks on CPU. DTensor parameters: one all-reduce of
+    the per-tensor squared norms of W and g.
     """
 
     def __init__(
