@@ -69,37 +69,45 @@ def _cpu_id() -> str:
 
 
 def _build_dir() -> str:
-    try:
-        from torch.utils.cpp_extension import get_default_build_root
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if not root:
+        try:
+            from torch.utils.cpp_extension import get_default_build_root
 
-        root = get_default_build_root()
-    except Exception:  # pragma: no cover - very old torch
-        root = os.path.join(tempfile.gettempdir(), "torch_extensions")
+            root = get_default_build_root()
+        except Exception:  # pragma: no cover - very old torch
+            root = os.path.join(tempfile.gettempdir(), "torch_extensions")
     return os.path.join(root, "reltrust_kernels")
 
 
 def _build(cc: str) -> str:
+    """The cached library for this source, compiler and CPU, compiled if missing: with
+    -march=native, else (a compiler or assembler that refuses it) for the baseline target."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([SOURCE, " ".join(_FLAGS), version, _cpu_id()]).encode()).hexdigest()[:16]
     directory = _build_dir()
     os.makedirs(directory, exist_ok=True)
-    target = os.path.join(directory, f"reltrust_kernels_{key}.so")
-    if os.path.exists(target):
-        return target
-    fd, tmp_src = tempfile.mkstemp(suffix=".c", dir=directory)
-    with os.fdopen(fd, "w") as f:
-        f.write(SOURCE)
-    tmp_so = tmp_src[:-2] + ".so"
-    try:
-        proc = subprocess.run([cc, *_FLAGS, tmp_src, "-o", tmp_so, "-lm"], capture_output=True, text=True, timeout=120)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-2000:]}")
-        os.replace(tmp_so, target)  # atomic: concurrent builders leave one complete file
-    finally:
-        for path in (tmp_src, tmp_so):
-            if os.path.exists(path):
-                os.remove(path)
-    return target
+    errors = []
+    for flags in (_FLAGS, [f for f in _FLAGS if f != "-march=native"]):
+        key = hashlib.sha256("\0".join([SOURCE, " ".join(flags), version, _cpu_id()]).encode()).hexdigest()[:16]
+        target = os.path.join(directory, f"reltrust_kernels_{key}.so")
+        if os.path.exists(target):
+            return target
+        fd, tmp_src = tempfile.mkstemp(suffix=".c", dir=directory)
+        with os.fdopen(fd, "w") as f:
+            f.write(SOURCE)
+        tmp_so = tmp_src[:-2] + ".so"
+        try:
+            proc = subprocess.run([cc, *flags, tmp_src, "-o", tmp_so, "-lm"], capture_output=True, text=True,
+                                  timeout=120)
+            if proc.returncode == 0:
+                os.replace(tmp_so, target)  # atomic: concurrent builders leave one complete file
+                return target
+            errors.append(proc.stderr.strip()[-1000:])
+        finally:
+            for path in (tmp_src, tmp_so):
+                if os.path.exists(path):
+                    os.remove(path)
+    raise RuntimeError(f"{cc} failed: {errors[-1]}")
 
 
 def _load() -> None:
@@ -127,7 +135,17 @@ def _load() -> None:
     except Exception as exc:
         _reason = f"build or load failed: {type(exc).__name__}: {exc}"
         return
-    _lib, _reason = lib, f"loaded {path}"
+    _lib, _reason = lib, f"loaded {path}{_openmp_note()}"
+
+
+def _openmp_note() -> str:
+    """Whether the kernels share torch's OpenMP runtime (they do where torch ships libgomp.so.1)."""
+    try:
+        with open("/proc/self/maps") as f:
+            runtimes = {line.split()[-1] for line in f if "gomp" in line.rsplit("/", 1)[-1]}
+    except OSError:
+        return ""
+    return "" if len(runtimes) <= 1 else f" (two OpenMP runtimes loaded: {', '.join(sorted(runtimes))})"
 
 
 def _declare(lib: ctypes.CDLL) -> None:
