@@ -6,7 +6,8 @@
 where f(x) is the model output on a batch and g_l = ∂ loss / ∂ W_l. Both are computed in float64 from
 the models' outputs and gradients. The caller's models are left as found: gradients are taken with
 `torch.autograd.grad` (nothing is written to ``.grad``) and the train/eval mode of every submodule is
-restored afterwards. By default both models are evaluated in eval mode (``mode="eval"``), so dropout
+restored afterwards; both models are run under the same replayed RNG state (the caller's random
+stream is untouched), so in training mode they see the same dropout masks. By default both models are evaluated in eval mode (``mode="eval"``), so dropout
 and batch-norm statistics do not make the comparison random; ``mode="train"`` evaluates in training
 mode (batch-norm running statistics are then updated, as in any training-mode forward pass) and
 ``mode="keep"`` uses the modes the models are in.
@@ -67,6 +68,27 @@ def model_mode(models: Sequence[nn.Module], mode: str) -> Iterator[None]:
     finally:
         for m, flag in saved:
             m.training = flag
+
+
+class RngReplay:
+    """Run blocks under one saved RNG state, leaving the caller's global RNG as it was.
+
+    ``with replay():`` forks the CPU (and the models' CUDA) generators, resets them to the state
+    captured at construction, and restores the caller's state on exit, so two forward passes in
+    training mode draw the same dropout masks and the training's random stream is not consumed."""
+
+    def __init__(self, tensors):
+        self.devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+        self.cpu = torch.get_rng_state()
+        self.cuda = [torch.cuda.get_rng_state(i) for i in self.devices]
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with torch.random.fork_rng(devices=self.devices):
+            torch.set_rng_state(self.cpu)
+            for i, state in zip(self.devices, self.cuda):
+                torch.cuda.set_rng_state(state, i)
+            yield
 
 
 def parameter_layers(
@@ -155,9 +177,12 @@ def relative_function_change(
 
     Theorem 1 of the paper bounds this by a depth-dependent multiple of deep relative trust. Raises
     `ValueError` if the outputs differ in shape, are not finite, or f_a(x) is zero."""
+    replay = RngReplay(list(model_a.parameters()) + list(model_b.parameters()))
     with model_mode([model_a, model_b], mode), torch.no_grad():
-        fa = output_tensor(call_model(model_a, inputs), output_fn)
-        fb = output_tensor(call_model(model_b, inputs), output_fn)
+        with replay():
+            fa = output_tensor(call_model(model_a, inputs), output_fn)
+        with replay():
+            fb = output_tensor(call_model(model_b, inputs), output_fn)
     if fa.shape != fb.shape:
         raise ValueError(f"the models' outputs differ in shape: {tuple(fa.shape)} vs {tuple(fb.shape)}")
     fa64, fb64 = fa.to(torch.float64), fb.to(torch.float64)
@@ -199,9 +224,12 @@ def relative_gradient_change(
         if not all_b[n].requires_grad:
             raise ValueError(f"layer {n!r} does not require grad in model_b")
         pb[n] = all_b[n]
+    replay = RngReplay(list(pa.values()) + list(pb.values()))
     with model_mode([model_a, model_b], mode):
-        _, _, ga = layer_gradients(model_a, loss_fn, batch, pa, output_fn)
-        _, _, gb = layer_gradients(model_b, loss_fn, batch, pb, output_fn)
+        with replay():
+            _, _, ga = layer_gradients(model_a, loss_fn, batch, pa, output_fn)
+        with replay():
+            _, _, gb = layer_gradients(model_b, loss_fn, batch, pb, output_fn)
     out = {}
     for n in pa:
         a64, b64 = ga[n].to(torch.float64), gb[n].to(torch.float64)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from reltrust.trust.distance import drt_from_changes
-from reltrust.trust.function_space import _MODES, _rel, layer_gradients, model_mode, parameter_layers
+from reltrust.trust.function_space import _MODES, RngReplay, _rel, layer_gradients, model_mode, parameter_layers
 
 
 @dataclass
@@ -119,11 +119,11 @@ def perturbation_probe(
     net = _detached_copy(model)
     params = parameter_layers(net, layers)
     names = list(params)
-    rng = _rng_state(params.values())
+    replay = RngReplay(params.values())
 
     with model_mode([net], mode):
         # η = 0: reference output and gradients, and the direction
-        f0, _, g0 = _evaluate(net, loss_fn, batch, params, output_fn, rng)
+        f0, _, g0 = _evaluate(net, loss_fn, batch, params, output_fn, replay)
         w0 = {n: p.detach().to(torch.float64, copy=True) for n, p in params.items()}
         d = _directions(names, w0, g0, direction, dict(net.named_parameters()))
         g0_64 = {n: g.to(torch.float64) for n, g in g0.items()}
@@ -141,7 +141,7 @@ def perturbation_probe(
             with torch.no_grad():
                 for n, p in params.items():
                     p.copy_(w0[n] + eta * d[n])  # in float64, rounded once to the parameter's dtype
-            f, loss, g = _evaluate(net, loss_fn, batch, params, output_fn, rng)
+            f, loss, g = _evaluate(net, loss_fn, batch, params, output_fn, replay)
             res.loss.append(float(loss))
             res.relative_function_change.append(
                 _rel(float(torch.linalg.vector_norm(f.to(torch.float64) - f0_64)), f0_norm))
@@ -168,19 +168,9 @@ def _detached_copy(model: nn.Module) -> nn.Module:
     return net
 
 
-def _rng_state(params) -> dict[str, Any]:
-    devices = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
-    return {"cpu": torch.get_rng_state(),
-            "cuda": [(i, torch.cuda.get_rng_state(i)) for i in devices]}
-
-
-def _evaluate(net, loss_fn, batch, params, output_fn, rng):
+def _evaluate(net, loss_fn, batch, params, output_fn, replay):
     """One forward/backward with the RNG state replayed and the caller's RNG left as it was."""
-    devices = [i for i, _ in rng["cuda"]]
-    with torch.random.fork_rng(devices=devices):
-        torch.set_rng_state(rng["cpu"])
-        for i, state in rng["cuda"]:
-            torch.cuda.set_rng_state(state, i)
+    with replay():
         return layer_gradients(net, loss_fn, batch, params, output_fn)
 
 
@@ -195,6 +185,11 @@ def _directions(names, w0, g0, direction, all_params) -> dict[str, torch.Tensor]
         missing = [n for n in names if n not in direction]
         if missing:
             raise ValueError(f"direction has no entry for selected layer(s): {', '.join(missing)}")
+    for n in names:  # the weights first: a zero-norm layer is the more basic problem
+        if not torch.isfinite(w0[n]).all():
+            raise ValueError(f"layer {n!r}: the weights are not finite (nan or inf)")
+        if not torch.linalg.vector_norm(w0[n]) > 0:
+            raise ValueError(f"layer {n!r} has zero norm, so a relative perturbation is undefined (leave it out with layers=)")
     out = {}
     for n in names:
         w = w0[n]
@@ -209,12 +204,10 @@ def _directions(names, w0, g0, direction, all_params) -> dict[str, torch.Tensor]
                 raise ValueError(f"direction[{n!r}] has shape {tuple(dv.shape)}, the layer has {tuple(w.shape)}")
             dv = dv.detach().to(device=w.device, dtype=torch.float64)
             what = "direction"
-        if not (torch.isfinite(w).all() and torch.isfinite(dv).all()):
-            raise ValueError(f"layer {n!r}: the weights or the {what} are not finite (nan or inf)")
-        wn, dn = torch.linalg.vector_norm(w), torch.linalg.vector_norm(dv)
-        if wn == 0:
-            raise ValueError(f"layer {n!r} has zero norm, so a relative perturbation is undefined (leave it out with layers=)")
+        if not torch.isfinite(dv).all():
+            raise ValueError(f"layer {n!r}: the {what} is not finite (nan or inf)")
+        dn = torch.linalg.vector_norm(dv)
         if dn == 0:
             raise ValueError(f"layer {n!r} has a zero {what}, so it cannot be normalised (leave it out with layers=)")
-        out[n] = dv * (wn / dn)
+        out[n] = dv * (torch.linalg.vector_norm(w) / dn)
     return out

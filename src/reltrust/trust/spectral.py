@@ -89,6 +89,9 @@ def spectral_changes(
     names = select_layers(a, include=include, exclude=exclude)
     if not names:
         raise ValueError("no layers selected: no floating tensor with >= 2 dimensions matches the selection")
+    extra = [n for n in select_layers(b, include=include, exclude=exclude) if n not in a]
+    if extra:
+        raise ValueError(f"layer {extra[0]!r} is in after but not in before (the checkpoints do not match)")
     out = []
     for n in names:
         if n not in b:
