@@ -249,3 +249,31 @@ def test_lanczos_top_singular_value(shape):
     # warm start from the returned vector: already converged
     assert float(top_singular_value(w, v, 2)[0]) == pytest.approx(truth, rel=1e-10)
     assert float(top_singular_value(torch.zeros(shape, dtype=torch.float64), v0, 5)[0]) == 0.0
+
+
+@pytest.mark.parametrize("lr", [0.01, 0.1, 0.5])
+def test_fromage_step_as_the_monitor_reports(mlp, batch, lr):
+    """A real Fromage step of lr η: W_new = c·(W − η‖W‖ĝ) with c = 1/√(1+η²).
+
+    Its gradient part moves every layer by exactly η/√(1+η²) of ‖W‖; the total relative change that
+    the monitor reports adds the shrink (c − 1)·W, so it is
+        ‖W_new − W‖/‖W‖ = √((1−c)² + (ηc)² + 2(1−c)·ηc·⟨Ŵ, ĝ⟩),
+    which equals η/√(1+η²) up to 1 − c ≤ η²/2 (the paper's eq. 5: ≈ η)."""
+    from reltrust import Fromage
+
+    model = mlp(4, dtype=torch.float64)
+    opt = Fromage(model.parameters(), lr=lr)
+    record, grads = [], []
+    with TrustMonitor(opt, model, every=0, include_biases=True) as mon:
+        train(model, opt, batch(dtype=torch.float64), 3, record, grads)
+    c = 1 / math.sqrt(1 + lr * lr)
+    for s, ((before, after), g) in enumerate(zip(record, grads)):
+        for j, n in enumerate(mon.layers):
+            w, w2, gn = before[n], after[n], g[n]
+            # the lead's statement, exactly: the gradient part has relative size η/√(1+η²)
+            assert float((w2 - c * w).norm() / w.norm()) == pytest.approx(lr * c, rel=1e-12)
+            cos = float((w * gn).sum() / (w.norm() * gn.norm()))
+            closed = math.sqrt((1 - c) ** 2 + (lr * c) ** 2 + 2 * (1 - c) * lr * c * cos)
+            reported = mon.relative_update[s, j].item()
+            assert reported == pytest.approx(closed, rel=1e-10)
+            assert abs(reported - lr * c) <= (1 - c) * (1 + 1e-9)
