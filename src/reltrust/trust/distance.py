@@ -8,7 +8,8 @@ For layers l = 1..L with weights W_l (before) and W_l + ΔW_l (after):
 
 `before` and `after` may each be an `nn.Module`, a state dict (name → tensor), or a path to a
 checkpoint saved with `torch.save` (a bare state dict, or a dict holding one under a key such as
-``model`` or ``state_dict``). Every norm is computed in float64.
+``model`` or ``state_dict``). Every norm is computed in float64 (on the tensors' device; on the CPU
+for MPS tensors).
 
 Which tensors count as layers (the same rule everywhere in `reltrust.trust`):
 
@@ -246,6 +247,13 @@ class DistanceReport:
         }
 
 
+def to_float64(t: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """`t` in float64 on `device` (default: its own; the CPU for MPS, which has no float64)."""
+    if device is None:
+        device = t.device if t.device.type not in ("mps", "meta") else torch.device("cpu")
+    return t.to(device=device, dtype=torch.float64)
+
+
 def _check_finite(name: str, side: str, t64: torch.Tensor) -> None:
     if not bool(torch.isfinite(t64).all()):
         bad = int((~torch.isfinite(t64)).sum())
@@ -292,8 +300,8 @@ def _distances(before, after, include_biases, include, exclude, on_zero) -> tupl
     for name in names_a:
         if name in aliases:
             continue  # a tied weight, already counted under its first name
-        w = a[name].to(device="cpu", dtype=torch.float64)
-        w2 = b[name].to(device="cpu", dtype=torch.float64)
+        w = to_float64(a[name])
+        w2 = to_float64(b[name], w.device)
         _check_finite(name, "before", w)
         _check_finite(name, "after", w2)
         norm = float(torch.linalg.vector_norm(w))

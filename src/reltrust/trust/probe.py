@@ -102,6 +102,9 @@ def perturbation_probe(
         mode: "eval" (default), "train" or "keep": the mode the copy is evaluated in.
         output_fn: picks the output tensor from the model's output (see `output_tensor`).
 
+    Memory: a deep copy of the model plus float64 copies of the selected layers' weights and
+    directions. Cost: one forward and backward pass per η (and one for the reference).
+
     Returns:
         `ProbeResult` with loss, relative function change, relative gradient change (aggregate and
         per layer), the realised relative change per layer and its deep relative trust, per η.

@@ -8,7 +8,8 @@ reshaped to (out, in·k·k…). With σ_1 ≥ σ_2 ≥ … the singular values o
     Mirsky                    : sqrt(Σ_i (σ'_i − σ_i)²) ≤ ‖ΔW‖_F     (so every |σ'_i − σ_i| ≤ ‖ΔW‖_F)
     relative form (paper)     : sqrt(Σ_i (σ'_i − σ_i)²) / ‖W‖_F ≤ ‖ΔW‖_F / ‖W‖_F
 
-Singular values are computed in float64 with `torch.linalg.svdvals`. `holds` checks the Mirsky
+Singular values are computed in float64 with `torch.linalg.svdvals` (on the weights' device) and
+returned on the CPU. `holds` checks the Mirsky
 inequality (the ℓ2 form, which implies the per-σ one) up to a float64 rounding allowance.
 Inputs and layer selection are those of `reltrust.trust.relative_changes` (layers are ≥ 2-d).
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from reltrust.trust.distance import Patterns, StateLike, _check_finite, named_tensors, select_layers
+from reltrust.trust.distance import Patterns, StateLike, _check_finite, named_tensors, select_layers, to_float64
 
 
 def as_matrix(w: torch.Tensor) -> torch.Tensor:
@@ -42,9 +43,9 @@ def singular_values(
         raise ValueError("no layers selected: no floating tensor with >= 2 dimensions matches the selection")
     out = {}
     for n in names:
-        w = tensors[n].to(device="cpu", dtype=torch.float64)
+        w = to_float64(tensors[n])
         _check_finite(n, "model", w)
-        out[n] = torch.linalg.svdvals(as_matrix(w))
+        out[n] = torch.linalg.svdvals(as_matrix(w)).cpu()
     return out
 
 
@@ -98,11 +99,11 @@ def spectral_changes(
             raise ValueError(f"layer {n!r} is in before but not in after (the checkpoints do not match)")
         if a[n].shape != b[n].shape:
             raise ValueError(f"layer {n!r} has shape {tuple(a[n].shape)} in before but {tuple(b[n].shape)} in after")
-        w = a[n].to(device="cpu", dtype=torch.float64)
-        w2 = b[n].to(device="cpu", dtype=torch.float64)
+        w = to_float64(a[n])
+        w2 = to_float64(b[n], w.device)
         _check_finite(n, "before", w)
         _check_finite(n, "after", w2)
-        s, s2 = torch.linalg.svdvals(as_matrix(w)), torch.linalg.svdvals(as_matrix(w2))
+        s, s2 = torch.linalg.svdvals(as_matrix(w)).cpu(), torch.linalg.svdvals(as_matrix(w2)).cpu()
         shift = (s2 - s).abs()
         max_shift = float(shift.max())
         l2 = float(torch.linalg.vector_norm(shift))
