@@ -127,7 +127,6 @@ class TrustMonitor:
         self._spectral_steps: list[int] = []
         self._spectral_pending: list[torch.Tensor] = []
         self._spectral_chunks: list[torch.Tensor] = []
-        self._snapshotted = False
         self._optimizer = optimizer
         self._handles: list = []
         self.attach()
