@@ -5,7 +5,15 @@ import pytest
 import torch
 from torch import nn
 
-torch.set_num_threads(1)  # tiny models: threading only adds noise on the 2-core machine
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: threads only add overhead on the 2-core machine. Scoped to these tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_mlp(depth: int, width: int = 32, d_in: int = 16, d_out: int = 4, *, seed: int = 0,
