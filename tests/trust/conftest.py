@@ -1,10 +1,9 @@
-"""Shared helpers for the trust tests: small seeded MLPs and float64 references."""
+"""Shared helpers for the trust tests: small seeded MLPs and batches (as fixtures returning factories)."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
-
 
 
 @pytest.fixture(autouse=True)
@@ -36,12 +35,6 @@ def make_batch(n: int = 64, d_in: int = 16, d_out: int = 4, *, seed: int = 1, dt
     x = torch.randn(n, d_in, generator=g, dtype=dtype)
     y = torch.randint(0, d_out, (n,), generator=g)
     return x, y
-
-
-def fro64(t: torch.Tensor) -> float:
-    """Frobenius norm by hand in float64: sqrt of the sum of squares."""
-    t = t.detach().to(torch.float64)
-    return float((t * t).sum().sqrt())
 
 
 @pytest.fixture
