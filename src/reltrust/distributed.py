@@ -32,7 +32,9 @@ import os
 import re
 import shutil
 import socket
+import warnings
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,7 @@ __all__ = [
     "is_main_process",
     "barrier",
     "Checkpoint",
+    "CheckpointError",
     "checkpoint_name",
     "list_checkpoints",
     "latest_checkpoint",
@@ -188,6 +191,10 @@ META = "reltrust_checkpoint.json"
 _NAME = re.compile(r"^step_(\d+)$")
 
 
+class CheckpointError(RuntimeError):
+    """A save or load that failed on some rank (DCP's own `CheckpointException` is a BaseException)."""
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A complete checkpoint directory, the step it was saved at and the `extra` dict saved with it."""
@@ -267,6 +274,14 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def _single_process_ok():
+    """Silence DCP's warning that it runs without a process group: here that is on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
+
+
 def _state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
@@ -336,6 +351,7 @@ def save_checkpoint(
     extra = dict(extra or {})
     json.dumps(extra)  # fail on every rank, before any collective, if it cannot be recorded
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     root = Path(directory)
     final = root / checkpoint_name(step)
@@ -345,7 +361,14 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)  # a previous attempt at this step that died
         tmp.mkdir()
     barrier()
-    dcp.save(_state(model, optimizer), checkpoint_id=str(tmp))
+    try:
+        with _single_process_ok():
+            dcp.save(_state(model, optimizer), checkpoint_id=str(tmp), no_dist=not _distributed())
+    except CheckpointException as e:  # a BaseException: make it one `except Exception` catches
+        raise CheckpointError(
+            f"save_checkpoint: writing {tmp} failed on rank(s) {sorted(e.failures)}; "
+            f"the previous checkpoint (if any) is intact"
+        ) from e
     barrier()  # every rank's shards are written before the checkpoint becomes visible
     error = None
     if is_main_process():
@@ -355,7 +378,7 @@ def save_checkpoint(
             error = f"{type(e).__name__}: {e}"
     error = _broadcast_from_main(error)
     if error is not None:
-        raise RuntimeError(f"save_checkpoint: rank 0 could not commit {final}: {error}")
+        raise CheckpointError(f"save_checkpoint: rank 0 could not commit {final}: {error}")
     return final
 
 
@@ -372,6 +395,7 @@ def load_latest_checkpoint(
     parallelism wrapping or none); DCP reshards, so the number of ranks may differ.
     """
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
     chosen = latest_checkpoint(directory) if is_main_process() else None
@@ -380,7 +404,11 @@ def load_latest_checkpoint(
         return None
     path, step = found
     state = _state(model, optimizer)
-    dcp.load(state, checkpoint_id=path)
+    try:
+        with _single_process_ok():
+            dcp.load(state, checkpoint_id=path, no_dist=not _distributed())
+    except CheckpointException as e:
+        raise CheckpointError(f"load_latest_checkpoint: reading {path} failed on rank(s) {sorted(e.failures)}") from e
     if optimizer is None:
         set_model_state_dict(model, state["model"])
     else:
