@@ -242,3 +242,40 @@ def test_checkpoint_names_and_pointer_fallback(tmp_path):
         save_checkpoint(tmp_path, model, opt, 11, extra={"bad": object()})
     assert not (tmp_path / "step_000011.tmp").exists()
 
+
+@pytest.mark.parametrize("name", CKPT_CONFIGS)
+def test_bfloat16_parameters_resume_with_float32_state(tmp_path, name):
+    """16-bit parameters keep float32 optimiser state across save/load (torch's load_state_dict would
+    cast it to bfloat16: Fromage and LAMB then failed with a dtype error, LARS lost precision)."""
+    factory = CONFIGS[name][0]
+
+    def train(model, opt, steps):
+        for s in steps:
+            x, y = batch(s)
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model, x.bfloat16(), y.bfloat16()).backward()
+            opt.step()
+
+    model = make_model(0).bfloat16()
+    opt = factory(model)
+    train(model, opt, range(2))
+    save_checkpoint(tmp_path, model, opt, 2)
+    saved = _snapshot(model, opt)
+    train(model, opt, range(2, 4))
+    uninterrupted = _snapshot(model, opt)
+
+    for via in ("dcp", "load_state_dict"):
+        fresh = make_model(1).bfloat16()
+        fresh_opt = factory(fresh)
+        if via == "dcp":
+            assert load_latest_checkpoint(tmp_path, fresh, fresh_opt) == 2
+        else:
+            ref = make_model(0).bfloat16()
+            ref_opt = factory(ref)
+            train(ref, ref_opt, range(2))
+            fresh.load_state_dict(ref.state_dict())
+            fresh_opt.load_state_dict(ref_opt.state_dict())
+        assert all(v.dtype == torch.float32 for s in fresh_opt.state.values() for v in s.values()), via
+        _assert_equal(_snapshot(fresh, fresh_opt), saved, f"{via}: loaded")
+        train(fresh, fresh_opt, range(2, 4))
+        _assert_equal(_snapshot(fresh, fresh_opt), uninterrupted, f"{via}: resumed")
