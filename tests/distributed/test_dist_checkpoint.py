@@ -27,8 +27,8 @@ from unittest import mock
 import pytest
 import torch
 
-from dist_common import CONFIGS, batch, loss_fn, make_model, named_params, named_state
-from dist_harness import run_workers
+from .dist_common import CONFIGS, batch, loss_fn, make_model, named_params, named_state
+from .dist_harness import run_workers
 from reltrust.distributed import (
     CheckpointError,
     checkpoint_name,

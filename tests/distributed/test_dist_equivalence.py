@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from dist_common import CONFIGS, batch, loss_fn, make_model, max_rel_diff, named_params, named_state, train_reference
-from dist_harness import run_workers
+from .dist_common import CONFIGS, batch, loss_fn, make_model, max_rel_diff, named_params, named_state, train_reference
+from .dist_harness import run_workers
 
 STEPS = 4
 # float32: sharded norms are summed in a different order, matmuls run on half batches and gradients
