@@ -277,6 +277,9 @@ def _write_atomic(path: Path, text: str) -> None:
 @contextmanager
 def _single_process_ok():
     """Silence DCP's warning that it runs without a process group: here that is on purpose."""
+    if _distributed():  # (catch_warnings would also make "once" warnings show again)
+        yield
+        return
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
         yield

@@ -39,20 +39,23 @@ class Checks:
         self.rank, self.world_size, self._path = rank, world_size, path
         self.records: dict[str, str] = {}
         self.metrics: dict[str, Any] = {}  # numbers a worker wants the test (and its report) to see
+        self.seconds: dict[str, float] = {}  # wall time of each check
 
     @contextmanager
     def __call__(self, name: str):
+        start = time.perf_counter()
         try:
             yield
         except Exception:
             self.records[name] = traceback.format_exc()
         else:
             self.records[name] = "ok"
+        self.seconds[name] = round(time.perf_counter() - start, 3)
         self.save()
 
     def save(self) -> None:
         tmp = self._path.with_suffix(".part")
-        tmp.write_text(json.dumps({"records": self.records, "metrics": self.metrics}))
+        tmp.write_text(json.dumps({"records": self.records, "metrics": self.metrics, "seconds": self.seconds}))
         os.replace(tmp, self._path)
 
 
@@ -79,6 +82,7 @@ def _bootstrap(fn: Callable, rank: int, world_size: int, port: int, outdir: str,
 class Result:
     records: list[dict[str, str]]  # per rank: check name -> "ok" or traceback
     metrics: list[dict[str, Any]]  # per rank: what the worker put in checks.metrics
+    check_seconds: list[dict[str, float]]  # per rank: wall time of each check
     exitcodes: list[int | None]
     seconds: float
 
@@ -129,6 +133,7 @@ def run_workers(
     return Result(
         records=[s.get("records", {}) for s in saved],
         metrics=[s.get("metrics", {}) for s in saved],
+        check_seconds=[s.get("seconds", {}) for s in saved],
         exitcodes=[p.exitcode for p in procs],
         seconds=time.monotonic() - start,
     )

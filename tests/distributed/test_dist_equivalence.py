@@ -161,6 +161,7 @@ def worker(checks):
 def result():
     res = run_workers(worker, world_size=2, deadline=150)
     print(f"\n2-rank equivalence worker: {res.seconds:.1f} s; max relative differences: {res.metrics[0]}")
+    print("per-check seconds (rank 0):", res.check_seconds[0])
     return res
 
 
