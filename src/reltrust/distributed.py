@@ -118,10 +118,17 @@ def init_distributed(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    if not launched_by_torchrun():
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ["MASTER_PORT"] = str(free_port())
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized() and not launched_by_torchrun():
+        if int(os.environ.get("WORLD_SIZE", "1")) != 1:
+            raise RuntimeError(
+                "init_distributed: WORLD_SIZE > 1 but RANK/MASTER_ADDR/MASTER_PORT are not all set; "
+                "start the script with torchrun"
+            )
+        for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+            os.environ.setdefault(key, value)
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    default_local = str(dist.get_rank()) if dist.is_initialized() else "0"
+    local_rank = int(os.environ.get("LOCAL_RANK", default_local))
     if device.type == "cuda":
         if device.index is None:
             device = torch.device("cuda", local_rank)

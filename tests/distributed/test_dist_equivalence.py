@@ -146,6 +146,51 @@ def worker(checks):
         assert err < RTOL, err
         assert all(len(calls) == expected_allreduces for calls in logs), logs
 
+    # LAMB's large-tensor path, with its thresholds lowered so a small model takes it: a 37×16 weight
+    # (19 or 18 rows per rank, > BLOCK elements per shard) is split into CHUNK-sized pieces whose ‖u‖²
+    # are summed per tensor before the all-reduce, and its direction is computed twice (once for the
+    # norm, once for the update). In float64: Adam's m/(√v+ε) amplifies float32 rounding of gradient
+    # entries near ε (4e-5 relative after 3 steps at full size), so float32 could not tell a slip in the
+    # piece bookkeeping from rounding; float64 can.
+    with checks("fsdp/lamb_chunked_large_tensor"):
+        from torch.distributed.fsdp import fully_shard
+
+        from reltrust.optim import LAMB
+        from reltrust.optim import lamb as lamb_module
+
+        def build():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Linear(16, 37), nn.Tanh(), nn.Linear(37, 1)).double()
+
+        def data(step):
+            g = torch.Generator().manual_seed(2000 + step)
+            return torch.randn(8, 16, generator=g).double(), torch.randn(8, 1, generator=g).double()
+
+        make_opt = lambda m: LAMB(m.parameters(), lr=0.01, weight_decay=0.01)  # noqa: E731
+        ref = build()
+        ref_opt = make_opt(ref)
+        model = build()
+        fully_shard(model[0], mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        opt = make_opt(model)
+        logs = []
+        with mock.patch.object(lamb_module, "CHUNK", 64), mock.patch.object(lamb_module, "BLOCK", 256):
+            assert 18 * 16 > lamb_module.BLOCK
+            for s in range(3):
+                x, y = data(s)
+                ref_opt.zero_grad()
+                ((ref(x) - y) ** 2).mean().backward()
+                ref_opt.step()
+                opt.zero_grad()
+                ((model(x.chunk(world)[rank]) - y.chunk(world)[rank]) ** 2).mean().backward()
+                with _no_gather_step() as log:
+                    opt.step()
+                logs.append(log.calls)
+        err = max_rel_diff(named_params(model), named_params(ref))
+        checks.metrics["fsdp/lamb_chunked_large_tensor (float64)"] = err
+        assert err < 1e-10, err
+        assert all(len(calls) == 2 for calls in logs), logs
+
     with checks("partial_refused"):
         from torch.distributed.tensor import DTensor, Partial
 
@@ -178,6 +223,10 @@ def test_fsdp2_step_only_all_reduces_norms(result, name):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_ddp_matches_single_process(result, name):
     result.assert_ok(f"ddp/{name}")
+
+
+def test_fsdp2_lamb_chunked_large_tensor(result):
+    result.assert_ok("fsdp/lamb_chunked_large_tensor")
 
 
 def test_hsdp_2d_mesh_matches_single_process(result):
