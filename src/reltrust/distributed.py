@@ -366,11 +366,17 @@ def save_checkpoint(
     root = Path(directory)
     final = root / checkpoint_name(step)
     tmp = root / (final.name + ".tmp")
+    error = None
     if is_main_process():
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # a previous attempt at this step that died
-        tmp.mkdir()
-    barrier()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # a previous attempt at this step that died
+            tmp.mkdir()
+        except OSError as e:  # tell the other ranks instead of leaving them waiting
+            error = f"{type(e).__name__}: {e}"
+    error = _broadcast_from_main(error)
+    if error is not None:
+        raise CheckpointError(f"save_checkpoint: rank 0 could not create {tmp}: {error}")
     try:
         with _single_process_ok():
             dcp.save(_state(model, optimizer), checkpoint_id=str(tmp), no_dist=not _distributed())
@@ -401,8 +407,9 @@ def load_latest_checkpoint(
 
     Returns its step, or None (nothing loaded) if there is none. Rank 0 picks the checkpoint and
     tells the others, so all ranks load the same one. ``.tmp`` directories of unfinished saves are
-    ignored. The model and optimizer must have been built as for the save (same parameter names, same
-    parallelism wrapping or none); DCP reshards, so the number of ranks may differ.
+    ignored. The model and optimizer must have the parameter names and param-group layout of the
+    saved ones; the wrapping may differ (FSDP2, DDP's ``module.`` prefix or none) and so may the
+    number of ranks (DCP reshards).
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
