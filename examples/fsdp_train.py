@@ -37,47 +37,9 @@ from reltrust.distributed import (
     save_checkpoint,
 )
 from reltrust.optim import Fromage
-from reltrust.optim.trust_ratio import local, norms
+from reltrust.trust import TrustMonitor
 from reltrust.workbench.data import load_dataset, text_batches
 from reltrust.workbench.models import CharTransformer
-
-
-class RelativeUpdates:
-    """Per-layer relative update ‖W_after − W_before‖/‖W_before‖ of every optimizer step.
-
-    Attached with step hooks like `reltrust.trust.TrustMonitor` (same `layers` / `relative_update`
-    names), but for FSDP2's DTensor parameters: it snapshots each rank's *local shards* and combines
-    the shard norms with `reltrust.optim.norms` (one all-reduce per norm vector), so the numbers are
-    those of the whole tensors. (`TrustMonitor` copies the parameters with ``torch._foreach_copy_``,
-    which DTensor does not support yet.) Layers: the ≥ 2-D parameters.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
-        names = {p: n for n, p in model.named_parameters()}
-        self.params = [p for g in optimizer.param_groups for p in g["params"] if p.ndim >= 2]
-        self.layers = [names[p].removesuffix(".weight") for p in self.params]
-        self._snap: list[torch.Tensor] = []
-        self.relative_update: torch.Tensor | None = None  # (layers,) of the last step, on the device
-        self._handles = [
-            optimizer.register_step_pre_hook(self._before),
-            optimizer.register_step_post_hook(self._after),
-        ]
-
-    @torch.no_grad()
-    def _before(self, optimizer, args, kwargs) -> None:
-        self._snap = [local(p).detach().clone() for p in self.params]
-
-    @torch.no_grad()
-    def _after(self, optimizer, args, kwargs) -> None:
-        before = norms(self._snap, like=self.params)
-        for s, p in zip(self._snap, self.params):
-            s.sub_(local(p))  # −ΔW, shard by shard
-        self.relative_update = norms(self._snap, like=self.params) / before
-        self._snap = []
-
-    def detach(self) -> None:
-        for h in self._handles:
-            h.remove()
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -145,7 +107,9 @@ def main(argv=None) -> None:
     fully_shard(model, mesh=mesh, mp_policy=mp)
 
     opt = Fromage(model.parameters(), lr=args.lr, momentum=args.momentum, p_bound=args.p_bound)
-    monitor = RelativeUpdates(opt, model)
+    # per-layer ‖ΔW‖/‖W‖ of whole tensors: shard norms all-reduced (every=0: no spectral gathers)
+    monitor = TrustMonitor(opt, model, every=0)
+    layer_names = [name.removesuffix(".weight") for name in monitor.layers]
 
     start = 0
     if args.resume:
@@ -183,16 +147,16 @@ def main(argv=None) -> None:
         tokens += args.batch_size * args.block_size
         if step == start + 1 or step % args.log_every == 0 or step == args.steps:
             loss_value = mean_over_ranks(loss)
-            rel = monitor.relative_update.tolist()
+            rel = monitor.relative_update[-1].tolist()
             elapsed = time.perf_counter() - t_log
             log(
                 f"step {step:5d}  loss {loss_value:.4f}  {tokens / elapsed:,.0f} tok/s  "
                 f"‖ΔW‖/‖W‖ (η/√(1+η²) = {args.lr / math.sqrt(1 + args.lr**2):.5f}): "
-                + "  ".join(f"{name} {r:.5f}" for name, r in zip(monitor.layers, rel))
+                + "  ".join(f"{name} {r:.5f}" for name, r in zip(layer_names, rel))
             )
             if metrics is not None:
                 metrics.write(json.dumps({"step": step, "loss": loss_value,
-                                          "relative_update": dict(zip(monitor.layers, rel))}) + "\n")
+                                          "relative_update": dict(zip(layer_names, rel))}) + "\n")
                 metrics.flush()
             t_log, tokens = time.perf_counter(), 0
         if args.save_every and step % args.save_every == 0 and step != args.steps:

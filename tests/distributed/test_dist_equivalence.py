@@ -191,6 +191,34 @@ def worker(checks):
         assert err < 1e-10, err
         assert all(len(calls) == 2 for calls in logs), logs
 
+    # TrustMonitor on FSDP2: each rank snapshots its shards and the shard norms are all-reduced, so the
+    # per-layer norms and relative updates it records are those of the whole tensors, equal on every
+    # rank and to a single-process monitor; the spectral measurement gathers each layer.
+    with checks("fsdp/trust_monitor"):
+        from reltrust.trust import TrustMonitor
+
+        factory = CONFIGS["fromage_pbound_momentum"][0]
+        ref_model = make_model()
+        ref_opt = factory(ref_model)
+        ref_monitor = TrustMonitor(ref_opt, ref_model, every=2, spectral="exact")
+        model = _fsdp(make_model(), mesh)
+        opt = factory(model)
+        monitor = TrustMonitor(opt, model, every=2, spectral="exact")
+        assert monitor.layers == ref_monitor.layers, (monitor.layers, ref_monitor.layers)
+        for s in range(STEPS):
+            x, y = batch(s)
+            ref_opt.zero_grad()
+            loss_fn(ref_model, x, y).backward()
+            ref_opt.step()
+            opt.zero_grad()
+            loss_fn(model, x.chunk(world)[rank], y.chunk(world)[rank]).backward()
+            opt.step()
+        for field in ("norm", "relative_update", "top_singular_value"):
+            got, want = getattr(monitor, field), getattr(ref_monitor, field)
+            assert got.shape == want.shape and got.shape[0] > 0, (field, got.shape, want.shape)
+            err = float(((got - want).abs() / want.abs().clamp_min(1e-12)).max())
+            assert err < RTOL, (field, err)
+
     with checks("partial_refused"):
         from torch.distributed.tensor import DTensor, Partial
 
@@ -231,6 +259,10 @@ def test_fsdp2_lamb_chunked_large_tensor(result):
 
 def test_hsdp_2d_mesh_matches_single_process(result):
     result.assert_ok("hsdp/fromage_pbound_momentum")
+
+
+def test_trust_monitor_under_fsdp2_reports_whole_tensors(result):
+    result.assert_ok("fsdp/trust_monitor")
 
 
 def test_partial_placement_refused(result):

@@ -67,17 +67,19 @@ def norms(
     *,
     like: Sequence[torch.Tensor] | None = None,
     foreach: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Frobenius norms of whole logical tensors, as one vector (N,).
 
     `tensors` may be DTensors or plain (local) tensors; `like`, when given, holds the tensors whose
     DTensor placements say how each entry of `tensors` is sharded (used when `tensors` are already
-    local views or float32 work copies). Norms of 16-bit tensors are accumulated in float32.
+    local views or float32 work copies). Norms of 16-bit tensors are accumulated in float32, or in
+    `dtype` when given.
     """
     if not tensors:
         raise ValueError("norms: empty tensor list")
     shards = [local(t) for t in tensors]
-    dtype = compute_dtype(shards[0].dtype)
+    dtype = dtype or compute_dtype(shards[0].dtype)
     if foreach:
         per_tensor = torch._foreach_norm(shards, 2, dtype=dtype)
     else:

@@ -30,6 +30,11 @@ Names come from `model.named_parameters()` when `model` is given, else from the 
 ``param_names`` (torch ≥ 2.6 with named parameters), else ``"group{g}.param{i}"``. Parameter groups
 added after the monitor is attached are not monitored. Parameters on several devices are gathered
 to the first one's device for bookkeeping.
+
+FSDP2 (DTensor) parameters: the snapshot holds each rank's local shards and the shard norms are
+combined per layer with one all-reduce per norm vector (`reltrust.optim.norms`), so every rank
+records the norms of the whole tensors. σ_1 needs whole matrices: at the spectral steps each layer
+is gathered (``full_tensor()``) once; use ``every=0`` to avoid that communication.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reltrust.optim.trust_ratio import is_dtensor, local, norms
 from reltrust.trust.distance import Patterns, _compile, _selected
 
 _SPECTRAL = ("lanczos", "exact")
@@ -115,10 +121,11 @@ class TrustMonitor:
         self._one_device = all(p.device == self._device for p in self._params)
         wide = any(p.dtype == torch.float64 for p in self._params)
         self._norm_dtype = torch.float64 if wide else torch.float32
-        self._snap = [torch.empty_like(p, memory_format=torch.preserve_format).detach() for p in self._params]
+        self._locals = [local(p).detach() for p in self._params]  # DTensor: this rank's shard (a view)
+        self._snap = [torch.empty_like(t, memory_format=torch.preserve_format) for t in self._locals]
         self._vectors: list[torch.Tensor | None] = [None] * len(self._params)
         self._gen = torch.Generator().manual_seed(0)  # private: start vectors never touch the global RNG
-        self._pre_norms: list[torch.Tensor] = []
+        self._pre_norms: torch.Tensor | None = None
 
         self._step = 0
         self._steps: list[int] = []
@@ -135,32 +142,37 @@ class TrustMonitor:
 
     @torch.no_grad()
     def _pre_hook(self, optimizer, args, kwargs) -> None:
-        torch._foreach_copy_(self._snap, self._params)
+        torch._foreach_copy_(self._snap, self._locals)
         # the norm right after the copy, while the snapshot is still in cache
-        self._pre_norms = torch._foreach_norm(self._snap, 2, dtype=self._norm_dtype)
+        self._pre_norms = self._norms()
 
     @torch.no_grad()
     def _post_hook(self, optimizer, args, kwargs) -> None:
-        if not self._pre_norms:  # attached between a pre- and a post-hook: nothing to compare
+        if self._pre_norms is None:  # attached between a pre- and a post-hook: nothing to compare
             return
-        torch._foreach_sub_(self._snap, self._params)  # the snapshot now holds −ΔW
-        row = self._pre_norms + torch._foreach_norm(self._snap, 2, dtype=self._norm_dtype)
-        self._pre_norms = []
-        if not self._one_device:
-            row = [t.to(self._device) for t in row]
+        torch._foreach_sub_(self._snap, self._locals)  # the snapshot now holds −ΔW
+        row = torch.cat([self._pre_norms, self._norms()])
+        self._pre_norms = None
         self._step += 1
         self._steps.append(self._step)
-        self._pending.append(torch.stack(row))
+        self._pending.append(row)
         if self.every and (self._step == 1 or self._step % self.every == 0):
             self._spectral_steps.append(self._step)
             self._spectral_pending.append(self._top_singular_values())
         if len(self._pending) >= self.flush_every:
             self._flush()
 
+    def _norms(self) -> torch.Tensor:
+        """Norms of the snapshot tensors as whole logical tensors, one vector on the monitor's device."""
+        if self._one_device:
+            return norms(self._snap, like=self._params, dtype=self._norm_dtype)
+        return torch.stack([torch.linalg.vector_norm(t, dtype=self._norm_dtype).to(self._device) for t in self._snap])
+
     def _top_singular_values(self) -> torch.Tensor:
         out = []
         for i, p in enumerate(self._params):
-            w = p.detach().reshape(p.shape[0], -1)
+            p = p.detach().full_tensor() if is_dtensor(p) else p.detach()
+            w = p.reshape(p.shape[0], -1)
             if w.dtype not in (torch.float32, torch.float64):
                 w = w.float()
             if self.spectral == "exact":
@@ -188,7 +200,7 @@ class TrustMonitor:
     def attach(self) -> None:
         """Register the hooks again after `detach` (no-op when attached); step numbers continue."""
         if not self._handles:
-            self._pre_norms = []
+            self._pre_norms = None
             self._handles = [self._optimizer.register_step_pre_hook(self._pre_hook),
                              self._optimizer.register_step_post_hook(self._post_hook)]
 
