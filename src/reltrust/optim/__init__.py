@@ -1,4 +1,21 @@
-"""reltrust's optimisers and the registry that also serves torch's own."""
-from reltrust.optim.registry import available, create, get, param_groups, register
+"""reltrust's optimisers (Fromage, LARS, LAMB) and the registry that also serves torch's own.
 
-__all__ = ["available", "create", "get", "param_groups", "register"]
+    from reltrust.optim import create, param_groups
+    opt = create("lamb", param_groups(model, weight_decay=0.01), lr=1e-3)
+"""
+from reltrust.optim.fromage import Fromage, fromage_update
+from reltrust.optim.lamb import LAMB, lamb_update
+from reltrust.optim.lars import LARS, lars_update
+from reltrust.optim.registry import available, create, get, param_groups, register
+from reltrust.optim.trust_ratio import norms, trust_ratio
+
+register("fromage", Fromage)
+register("lars", LARS)
+register("lamb", LAMB)
+
+__all__ = [
+    "Fromage", "LARS", "LAMB",
+    "fromage_update", "lars_update", "lamb_update",
+    "norms", "trust_ratio",
+    "available", "create", "get", "param_groups", "register",
+]

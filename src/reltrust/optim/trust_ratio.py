@@ -1,0 +1,112 @@
+"""The per-tensor trust ratio: the one idea that Fromage, LARS and LAMB share.
+
+For a list of tensors this module computes the Frobenius norm of every *whole logical* tensor in one
+multi-tensor call, and turns pairs of norms into ratios with the zero-norm rule:
+
+    ratio_i = κ·‖W_i‖ / (‖u_i‖ + λ·‖W_i‖ + ε),   and 1 where ‖W_i‖ = 0 or ‖u_i‖ = 0
+
+Fromage: κ=1, λ=0, ε=0, u=g.  LAMB: κ=1, λ=0 (u already holds λW), u=Adam direction.  LARS: κ=trust
+coefficient, λ=weight decay, u=g.
+
+DTensor (FSDP2) parameters: the norm is taken of the local shard, squared, and summed across the
+mesh dimensions the tensor is sharded over by one all-reduce per (mesh, sharded dims) — a vector of N
+floats for N tensors, never a gather of a parameter or gradient. Arithmetic elsewhere runs on the local
+shards (`local`), which avoids DTensor ops without a sharding strategy (e.g. `aten._foreach_copy_`).
+
+The ratios come back as one vector (N,) on the tensors' device; `.unbind()` gives the 0-dim tensors that
+`torch._foreach_addcmul_` / `_foreach_mul_` take, so no value ever goes to the host.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+
+try:  # torch >= 2.4
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover - older torch
+    DTensor = ()  # type: ignore[assignment,misc]
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (a view sharing its storage); a plain tensor unchanged."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Norms and update arithmetic run in float32 for 16-bit tensors, in the tensor's dtype otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _sharded_groups(like: Sequence[torch.Tensor]) -> dict[tuple, list[int]]:
+    """Indices of the DTensors in `like`, keyed by (mesh, mesh dims they are sharded over)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(like):
+        if not isinstance(t, DTensor):
+            continue
+        dims = []
+        for d, placement in enumerate(t.placements):
+            if placement.is_partial():
+                raise NotImplementedError(
+                    "reltrust optimisers take the norm of whole tensors; a parameter or gradient with a "
+                    f"Partial placement ({t.placements}) must be reduced first"
+                )
+            if placement.is_shard():
+                dims.append(d)
+        if dims:
+            groups.setdefault((t.device_mesh, tuple(dims)), []).append(i)
+    return groups
+
+
+def norms(
+    tensors: Sequence[torch.Tensor],
+    *,
+    like: Sequence[torch.Tensor] | None = None,
+    foreach: bool = True,
+) -> torch.Tensor:
+    """Frobenius norms of whole logical tensors, as one vector (N,).
+
+    `tensors` may be DTensors or plain (local) tensors; `like`, when given, holds the tensors whose
+    DTensor placements say how each entry of `tensors` is sharded (used when `tensors` are already
+    local views or float32 work copies). Norms of 16-bit tensors are accumulated in float32.
+    """
+    if not tensors:
+        raise ValueError("norms: empty tensor list")
+    shards = [local(t) for t in tensors]
+    dtype = compute_dtype(shards[0].dtype)
+    if foreach:
+        per_tensor = torch._foreach_norm(shards, 2, dtype=dtype)
+    else:
+        per_tensor = [torch.linalg.vector_norm(t, 2, dtype=dtype) for t in shards]
+    return reduce_norms(torch.stack(per_tensor), like if like is not None else tensors)
+
+
+def reduce_norms(local_norms: torch.Tensor, like: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Turn a vector of norms of local shards into norms of the whole logical tensors, in place.
+
+    Entry i is combined across the mesh dimensions over which `like[i]` (a DTensor) is sharded:
+    ‖W‖ = √(Σ_shards ‖W_shard‖²), one all-reduce per (mesh, sharded dims). Plain tensors: unchanged.
+    """
+    for (mesh, dims), idx in _sharded_groups(like).items():
+        index = torch.tensor(idx, device=local_norms.device)
+        squares = local_norms.index_select(0, index).square_()
+        for d in dims:
+            dist.all_reduce(squares, group=mesh.get_group(d))
+        local_norms.index_copy_(0, index, squares.sqrt_())
+    return local_norms
+
+
+def trust_ratio(
+    weight_norm: torch.Tensor,
+    update_norm: torch.Tensor,
+    *,
+    coefficient: float = 1.0,
+    weight_decay: float = 0.0,
+    eps: float = 0.0,
+) -> torch.Tensor:
+    """κ‖W‖ / (‖u‖ + λ‖W‖ + ε) elementwise, and exactly 1 where ‖W‖ = 0 or ‖u‖ = 0."""
+    defined = (weight_norm > 0) & (update_norm > 0)
+    denominator = update_norm + weight_decay * weight_norm + eps if (weight_decay or eps) else update_norm
+    ratio = coefficient * weight_norm / denominator if coefficient != 1.0 else weight_norm / denominator
+    return torch.where(defined, ratio, torch.ones_like(ratio))
