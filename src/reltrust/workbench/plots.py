@@ -72,7 +72,7 @@ def _color(label: str, i: int) -> str:
 def _grid(n: int, ncols: int | None = None, size=(4.2, 3.3)) -> tuple[Figure, list]:
     ncols = ncols or min(n, 3)
     nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
     axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(n)]
     return fig, axes
 

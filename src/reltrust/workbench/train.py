@@ -233,7 +233,7 @@ def fit(
             loss.backward()
             optimizer.step()
             step += 1
-            lv = float(loss)
+            lv = float(loss.detach())
             bs = len(yb)
             samples += bs
             if not math.isfinite(lv):
