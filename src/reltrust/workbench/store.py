@@ -231,7 +231,7 @@ class Store:
 
     # ---- export ------------------------------------------------------------------------------------
     CSV_COLUMNS = (
-        "key", "study", "dataset", "model", "optimizer", "lr", "seed", "epochs", "batch_size",
+        "key", "study", "problem", "model", "optimizer", "lr", "seed", "epochs", "batch_size",
         "weight_decay", "schedule", "status", "diverged", "train_acc", "train_loss", "val_acc", "val_loss",
         "test_acc", "test_loss", "epochs_run", "steps", "model_kwargs", "optimizer_kwargs",
         "schedule_kwargs", "wall_seconds", "device", "threads", "error",
@@ -240,6 +240,9 @@ class Store:
     def export_csv(self, path: str | os.PathLike, records: Sequence[Record] | None = None,
                    extra_columns: dict[str, Any] | None = None) -> Path:
         """One row per run (final metrics; model kwargs also as their own columns, e.g. ``depth``).
+
+        ``problem`` is the spec's dataset; ``diverged`` is True/False; ``error`` is the last line of a
+        crash's traceback (the full text is in the store and the JSON export).
 
         `extra_columns`: name → function(record) for study-specific columns. Written atomically.
         """
@@ -254,7 +257,7 @@ class Store:
         for r in recs:
             s, f = r.spec, r.final
             row: dict[str, Any] = {
-                "key": r.key, "study": s.study, "dataset": s.dataset, "model": s.model, "optimizer": s.optimizer,
+                "key": r.key, "study": s.study, "problem": s.dataset, "model": s.model, "optimizer": s.optimizer,
                 "lr": s.lr, "seed": s.seed, "epochs": s.epochs, "batch_size": s.batch_size,
                 "weight_decay": s.weight_decay, "schedule": s.schedule, "status": r.status,
                 "diverged": r.status == "diverged",
