@@ -15,6 +15,9 @@ def _add_distance(sub: argparse._SubParsersAction) -> None:
     p.add_argument("after", help="checkpoint or state dict (.pt) of the second network")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--include-biases", action="store_true", help="count 1-d tensors (biases, norm weights) as layers")
+    p.add_argument("--include", action="append", metavar="REGEX", help="only layers whose name matches (repeatable)")
+    p.add_argument("--exclude", action="append", metavar="REGEX", help="leave out layers whose name matches (repeatable)")
+    p.add_argument("--skip-zero-norm", action="store_true", help="leave out zero-norm layers instead of failing")
 
     def run(args: argparse.Namespace) -> int:
         from reltrust.trust.cli import distance_command

@@ -181,8 +181,8 @@ def state_zeros(p: torch.Tensor) -> torch.Tensor:
 
 
 def scalar_state(p: torch.Tensor, value: float) -> torch.Tensor:
-    """A 0-dim float32 state tensor on `p`'s device (a plain tensor even for DTensor `p`)."""
-    return torch.full((), value, dtype=torch.float32, device=local(p).device)
+    """A 0-dim state tensor in `p`'s compute dtype on its device (a plain tensor even for DTensor `p`)."""
+    return torch.full((), value, dtype=compute_dtype(p.dtype), device=local(p).device)
 
 
 def per_tensor(vector: torch.Tensor) -> Sequence[torch.Tensor]:

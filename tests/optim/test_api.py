@@ -1,0 +1,252 @@
+"""torch.optim behaviour: resume, copy, schedulers, closures, dtypes, and every bad input."""
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from reltrust import LAMB, LARS, Fromage
+
+FACTORIES = {
+    "fromage": lambda p: Fromage(p, lr=0.05, momentum=0.9, p_bound=1.5),
+    "lars": lambda p: LARS(p, lr=1.0, weight_decay=1e-3, nesterov=True),
+    "lamb": lambda p: LAMB(p, lr=0.01, weight_decay=0.01),
+}
+
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def batches(n):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g)) for _ in range(n)]
+
+
+def train(m, opt, data, sched=None):
+    for x, y in data:
+        opt.zero_grad()
+        nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_resume_from_state_dict_is_bit_for_bit(name, tmp_path):
+    data = batches(10)
+    m1 = model()
+    o1 = FACTORIES[name](m1.parameters())
+    s1 = torch.optim.lr_scheduler.StepLR(o1, step_size=3, gamma=0.5)
+    train(m1, o1, data, s1)
+
+    m2 = model()
+    o2 = FACTORIES[name](m2.parameters())
+    s2 = torch.optim.lr_scheduler.StepLR(o2, step_size=3, gamma=0.5)
+    train(m2, o2, data[:4], s2)
+    torch.save({"model": m2.state_dict(), "opt": o2.state_dict(), "sched": s2.state_dict()}, tmp_path / "ck.pt")
+    ck = torch.load(tmp_path / "ck.pt", weights_only=True)
+    m3 = model()
+    m3.load_state_dict(ck["model"])
+    o3 = FACTORIES[name](m3.parameters())
+    o3.load_state_dict(ck["opt"])
+    s3 = torch.optim.lr_scheduler.StepLR(o3, step_size=3, gamma=0.5)
+    s3.load_state_dict(ck["sched"])
+    train(m3, o3, data[4:], s3)
+    for a, b in zip(m1.parameters(), m3.parameters()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_deepcopy_and_pickle_continue_identically(name):
+    data = batches(6)
+    m = model()
+    opt = FACTORIES[name](m.parameters())
+    train(m, opt, data[:2])
+    m_copy, opt_copy = copy.deepcopy((m, opt))
+    m_pickled, opt_pickled = pickle.loads(pickle.dumps((m, opt)))
+    for mm, oo in [(m, opt), (m_copy, opt_copy), (m_pickled, opt_pickled)]:
+        train(mm, oo, data[2:])
+    for a, b, c in zip(m.parameters(), m_copy.parameters(), m_pickled.parameters()):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize(
+    "make_sched",
+    [
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=5),
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=10),
+        lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda t: 1 / (1 + t)),
+        lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o),
+        lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=0.1, total_iters=4),
+    ],
+    ids=["cosine", "onecycle", "lambda", "plateau", "linear"],
+)
+def test_lr_schedulers_drive_lr(name, make_sched):
+    m = model()
+    opt = FACTORIES[name](m.parameters())
+    sched = make_sched(opt)
+    lrs = []
+    for x, y in batches(5):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        sched.step(loss.item()) if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) else sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert all(isinstance(v, float) for v in lrs)
+    if not isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        assert len(set(lrs)) > 1
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_step_with_closure_returns_loss_and_equals_plain_step(name):
+    x, y = batches(1)[0]
+    m1, m2 = model(), model()
+    o1, o2 = FACTORIES[name](m1.parameters()), FACTORIES[name](m2.parameters())
+
+    def closure():
+        o1.zero_grad()
+        loss = nn.functional.cross_entropy(m1(x), y)
+        loss.backward()
+        return loss
+
+    loss = o1.step(closure)
+    assert torch.is_tensor(loss) and loss.ndim == 0
+    train(m2, o2, [(x, y)])
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_parameters_without_gradient_are_untouched(name):
+    a = nn.Parameter(torch.randn(4, 4))
+    b = nn.Parameter(torch.randn(4, 4))
+    before = b.detach().clone()
+    opt = FACTORIES[name]([a, b])
+    a.grad = torch.randn(4, 4)
+    opt.step()
+    assert torch.equal(b.detach(), before)
+    assert len(opt.state[b]) == 0
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_gradient_is_not_modified(name):
+    p = nn.Parameter(torch.randn(5, 5))
+    g = torch.randn(5, 5)
+    p.grad = g.clone()
+    opt = FACTORIES[name]([p])
+    for _ in range(3):
+        opt.step()
+    assert torch.equal(p.grad, g)
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_parameters_compute_in_float32_and_round_once(name, dtype):
+    """A 16-bit step equals the float32 step on the same values, rounded once to 16 bits."""
+    torch.manual_seed(3)
+    w = torch.randn(64, 64).to(dtype)
+    p32 = nn.Parameter(w.float())
+    plow = nn.Parameter(w.clone())
+    o32, olow = FACTORIES[name]([p32]), FACTORIES[name]([plow])
+    for _ in range(5):
+        g = torch.randn(64, 64).to(dtype)
+        p32.grad, plow.grad = g.float(), g
+        o32.step()
+        olow.step()
+        assert plow.dtype == dtype
+        assert torch.equal(plow.detach(), p32.detach().to(dtype))
+        p32.data.copy_(plow.detach().float())  # continue both from the same 16-bit values
+    state_tensors = [v for v in olow.state[plow].values() if torch.is_tensor(v) and v.ndim > 0]
+    assert state_tensors == [] or all(t.dtype == torch.float32 for t in state_tensors)
+    for key, value in olow.state[plow].items():
+        assert torch.equal(value, o32.state[p32][key]), key
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda p: Fromage(p, lr=-0.1), "lr"),
+        (lambda p: Fromage(p, lr=float("nan")), "lr"),
+        (lambda p: Fromage(p, p_bound=0.0), "p_bound"),
+        (lambda p: Fromage(p, momentum=1.0), "momentum"),
+        (lambda p: Fromage(p, momentum=-0.1), "momentum"),
+        (lambda p: Fromage(p, lr=torch.tensor(0.1)), "lr"),
+        (lambda p: LARS(p, lr=-1.0), "lr"),
+        (lambda p: LARS(p, lr=1.0, momentum=1.5), "momentum"),
+        (lambda p: LARS(p, lr=1.0, weight_decay=-1e-4), "weight_decay"),
+        (lambda p: LARS(p, lr=1.0, trust_coefficient=0.0), "trust_coefficient"),
+        (lambda p: LARS(p, lr=1.0, eps=-1.0), "eps"),
+        (lambda p: LARS(p, lr=1.0, momentum=0.0, nesterov=True), "nesterov"),
+        (lambda p: LAMB(p, lr=-1e-3), "lr"),
+        (lambda p: LAMB(p, betas=(1.0, 0.999)), r"betas\[0\]"),
+        (lambda p: LAMB(p, betas=(0.9, -0.1)), r"betas\[1\]"),
+        (lambda p: LAMB(p, betas=0.9), "betas"),
+        (lambda p: LAMB(p, eps=-1e-6), "eps"),
+        (lambda p: LAMB(p, weight_decay=-0.1), "weight_decay"),
+    ],
+)
+def test_invalid_hyperparameters_name_themselves_and_their_range(make, match):
+    with pytest.raises(ValueError, match=match) as info:
+        make([nn.Parameter(torch.randn(2))])
+    assert "allowed range" in str(info.value) or "expected" in str(info.value) or "requires" in str(info.value) or "Tensor" in str(info.value)
+
+
+def test_lars_requires_lr():
+    with pytest.raises(TypeError):
+        LARS([nn.Parameter(torch.randn(2))])
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_sparse_gradient_raises_clear_error(name):
+    emb = nn.Embedding(10, 4, sparse=True)
+    opt = FACTORIES[name](emb.parameters())
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_complex_parameters_refused_with_a_way_out(name):
+    with pytest.raises(ValueError, match="view_as_real"):
+        FACTORIES[name]([nn.Parameter(torch.randn(3, dtype=torch.complex64))])
+
+
+def test_lr_set_to_tensor_by_user_is_refused_at_step():
+    p = nn.Parameter(torch.randn(3))
+    opt = Fromage([p])
+    opt.param_groups[0]["lr"] = torch.tensor(0.1)
+    p.grad = torch.randn(3)
+    with pytest.raises(ValueError, match="lr"):
+        opt.step()
+
+
+def test_enabling_momentum_later_creates_the_buffer():
+    p = nn.Parameter(torch.randn(3, 3))
+    opt = Fromage([p], lr=0.1)
+    p.grad = torch.randn(3, 3)
+    opt.step()
+    assert "momentum_buffer" not in opt.state[p]
+    opt.param_groups[0]["momentum"] = 0.9
+    opt.step()
+    assert "momentum_buffer" in opt.state[p]
+
+
+def test_state_dict_holds_initial_norms_and_round_trips_through_bytes():
+    p = nn.Parameter(torch.randn(4, 4))
+    opt = Fromage([p], lr=0.1, p_bound=1.0, momentum=0.5)
+    p.grad = torch.randn(4, 4)
+    n0 = p.detach().norm()
+    opt.step()
+    sd = opt.state_dict()
+    torch.testing.assert_close(sd["state"][0]["initial_norm"], n0)
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    assert torch.equal(loaded["state"][0]["momentum_buffer"], sd["state"][0]["momentum_buffer"])
