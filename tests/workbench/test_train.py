@@ -98,3 +98,19 @@ def test_any_registered_optimizer_trains(tiny_spec, optimizer, lr):
     res = fit(tiny_spec(optimizer=optimizer, optimizer_kwargs={}, lr=lr, epochs=1))
     assert res.status == "ok" and math.isfinite(res.final["train_loss"])
     assert res.final["train_loss"] < res.history[0]["train_loss"]
+
+
+def test_a_probe_measures_without_disturbing_the_run(tiny_spec):
+    spec = tiny_spec(epochs=2, model_kwargs={"depth": 3, "width": 16, "dropout": 0.1})
+    probed = spec.replace(probe={"name": "perturbation", "at_epochs": [0, 2], "etas": [0.0, 0.05, 0.1], "batch": 300})
+    a, b = fit(spec), fit(probed)
+    assert _strip_timing(a.history) == _strip_timing(b.history) and a.final == b.final
+    assert [p["epoch"] for p in b.probes] == [0, 2] and a.probes == []
+    for p in b.probes:
+        assert p["etas"] == [0.0, 0.05, 0.1]
+        assert p["relative_gradient_change"][0] == 0.0 and p["relative_function_change"][0] == 0.0
+        assert all(v > 0 for v in p["relative_gradient_change"][1:])
+        assert len(p["layers"]) == 3  # the three weight matrices; biases are not moved
+        # every layer moved by exactly η relative to its norm
+        for name in p["layers"]:
+            assert p["relative_parameter_change_per_layer"][name] == pytest.approx([0.0, 0.05, 0.1], abs=1e-6)

@@ -97,9 +97,11 @@ def curves(
     hline: float | None = None,
     hline_label: str = "chance",
     suptitle: str | None = None,
+    ncols: int | None = None,
+    logy_panels: Sequence[str] = (),
 ) -> Path:
-    """`panels`: panel title → {line label → (xs, [ys per seed])}."""
-    fig, axes = _grid(len(panels))
+    """`panels`: panel title → {line label → (xs, [ys per seed])}; `logy_panels`: titles drawn log-y."""
+    fig, axes = _grid(len(panels), ncols)
     for ax, (title, lines) in zip(axes, panels.items()):
         for i, (label, (xs, runs)) in enumerate(lines.items()):
             _draw_series(ax, list(xs), runs, label, i, band_kind, marker=".")
@@ -108,7 +110,7 @@ def curves(
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        if logy:
+        if logy or title in logy_panels:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -22,7 +22,8 @@ What one run does (the lecture notes' practice):
 - At the end the test set, when the dataset has one, is evaluated once (``test_loss``, ``test_acc``).
 - `spec.probe` (optional) runs a measurement at chosen epochs on a fixed batch of training examples; the
   one known is ``{"name": "perturbation", "at_epochs": [...], "etas": [...], "batch": n}`` which calls
-  `reltrust.trust.perturbation_probe` (RNG state is saved and restored around it).
+  `reltrust.trust.perturbation_probe` on a copy of the model (the run itself is not disturbed: same
+  weights, gradients and random-number state afterwards).
 """
 from __future__ import annotations
 
@@ -146,12 +147,9 @@ def _run_probe(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], probe
         raise ValueError(f"unknown probe {name!r}; known: perturbation")
     from reltrust.trust import perturbation_probe
 
-    kwargs = {k: v for k, v in probe.items() if k in ("layers",) and v is not None}
-    was_training = model.training
-    model.eval()
-    with torch.random.fork_rng(devices=[]):
-        result = perturbation_probe(model, nn.functional.cross_entropy, batch, list(probe["etas"]), **kwargs)
-    model.train(was_training)
+    # The probe works on a deep copy in eval mode and leaves the model, its grads and the RNG as they were.
+    kwargs = {k: v for k, v in probe.items() if k in ("layers", "mode") and v is not None}
+    result = perturbation_probe(model, nn.functional.cross_entropy, batch, [float(e) for e in probe["etas"]], **kwargs)
     return result.to_dict()
 
 
