@@ -99,6 +99,7 @@ def curves(
     suptitle: str | None = None,
     ncols: int | None = None,
     logy_panels: Sequence[str] = (),
+    ylim: tuple[float, float] | None = None,
 ) -> Path:
     """`panels`: panel title → {line label → (xs, [ys per seed])}; `logy_panels`: titles drawn log-y."""
     fig, axes = _grid(len(panels), ncols)
@@ -112,6 +113,8 @@ def curves(
         ax.set_ylabel(ylabel)
         if logy or title in logy_panels:
             ax.set_yscale("log")
+        elif ylim is not None:
+            ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     if suptitle:

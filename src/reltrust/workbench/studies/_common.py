@@ -48,6 +48,7 @@ class Point:
         self.n_diverged = sum(r.status == "diverged" for r in self.records)
         self.n_crashed = sum(r.status == "crashed" for r in self.records)
         self.mean = mean(self.values) if self.values else None
+        self.tied: list[float] = [lr]  # set by best_over_lr: every lr whose mean equals the best
 
 
 def best_over_lr(records: Sequence[Record], metric: str = "train_acc") -> tuple[Point | None, list[Point]]:
@@ -57,6 +58,8 @@ def best_over_lr(records: Sequence[Record], metric: str = "train_acc") -> tuple[
     points = [Point(lr, rs, metric) for lr, rs in sorted(by_lr.items())]
     eligible = [p for p in points if p.mean is not None]
     best = max(eligible, key=lambda p: p.mean) if eligible else None  # max keeps the first of ties
+    if best is not None:
+        best.tied = [p.lr for p in eligible if p.mean == best.mean]
     return best, points
 
 

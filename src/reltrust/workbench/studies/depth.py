@@ -49,7 +49,7 @@ PAPER_FAIL_BEYOND = 25
 # (dataset, depths, width, epochs, batch, seeds)
 CONFIGS = {
     "full": ("mnist", (2, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50), 256, 50, 250, (0, 1, 2)),
-    "quick": ("mnist", (2, 10, 20, 30, 50), 128, 10, 250, (0,)),
+    "quick": ("mnist", (2, 10, 20, 30, 50), 64, 15, 250, (0,)),
     "tiny": ("mnist", (1, 3), 16, 2, 250, (0,)),
 }
 
@@ -113,6 +113,14 @@ def summarise(records: Sequence[Record]) -> list[dict]:
     return rows
 
 
+def _lr_text(row: dict) -> str:
+    """"lr 0.01", or "lrs 0.0001, 0.001, 0.01 tie" when several learning rates share the best value."""
+    tied = row["best"].tied if row.get("best") is not None else [row["best_lr"]]
+    if len(tied) > 1:
+        return "lrs " + ", ".join(fmt_lr(x) for x in tied) + " tie"
+    return f"lr {fmt_lr(row['best_lr'])}"
+
+
 def _opt_order(name: str) -> int:
     names = list(OPTIMIZERS)
     return names.index(name) if name in names else len(names)
@@ -127,7 +135,7 @@ def _cell(row: dict | None) -> str:
         return "not run"
     if row["train_acc"] is None:
         return "no result (crashed)"
-    s = f"{row['train_acc']:.3f} (lr {fmt_lr(row['best_lr'])})"
+    s = f"{row['train_acc']:.3f} ({_lr_text(row)})"
     if row["seeds"] > 1:
         s += f" [{row['train_acc_min']:.2f}–{row['train_acc_max']:.2f}]"
     marks = []
@@ -157,7 +165,7 @@ def findings(rows: Sequence[dict], chance: float | None) -> list[str]:
             if r is None or r["train_acc"] is None:
                 parts.append(f"{_label(opt)} no result")
             else:
-                parts.append(f"{_label(opt)} {r['train_acc']:.2f} (lr {fmt_lr(r['best_lr'])})")
+                parts.append(f"{_label(opt)} {r['train_acc']:.2f} ({_lr_text(r)})")
         out.append(f"At depth {dmax} under {init} init, best final train accuracy: {', '.join(parts)}{chance_txt}.")
         for opt in opts:
             ok = [d for d in depths if (r := by.get((init, d, opt))) and r["train_acc"] is not None
@@ -315,10 +323,11 @@ def _figures(records, rows, chance, out_dir: Path) -> list[tuple[Path, str]]:
                     runs = [[h["train_acc"] for h in rec.history] for rec in r["best"].records
                             if rec.status in ("ok", "diverged")]
                     xs = range(max(len(x) for x in runs)) if runs else range(0)
-                    lines[f"{_label(r['optimizer'])} lr {fmt_lr(r['best_lr'])}"] = (list(xs), runs)
+                    lines[f"{_label(r['optimizer'])} {_lr_text(r)}"] = (list(xs), runs)
             panels[f"depth {d}, {init} init"] = lines
-    p = plots.curves(panels, out_dir / "curves.png", xlabel="epoch", ylabel="train accuracy", hline=chance)
-    figs.append((p, f"Train accuracy per epoch at the best lr, at depths {', '.join(map(str, chosen))} ({band_note})."))
+    p = plots.curves(panels, out_dir / "curves.png", xlabel="epoch", ylabel="train accuracy", hline=chance,
+                     ylim=(0.0, 1.02))
+    figs.append((p, f"Train accuracy (eval mode, whole training split) per epoch at the best lr, at depths {', '.join(map(str, chosen))} ({band_note})."))
     return figs
 
 
