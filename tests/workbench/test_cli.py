@@ -92,7 +92,9 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, reference)
     n_specs = len(depth.grid(tiny=True))
     assert 3 <= len(done_before) < n_specs, "the sweep was not interrupted part-way"
 
-    assert main(["reproduce", "depth", "--out", str(out), "--workers", "0", *TINY]) == 0
+    with Store(db) as store:  # resume (the CLI would do the same, plus the report)
+        summary = run_sweep(depth.grid(tiny=True), store, workers=0, threads=1, progress=False)
+    assert summary.skipped == len(done_before) and summary.ran == n_specs - len(done_before)
     with sqlite3.connect(db) as con:
         after = dict(con.execute("SELECT key, recorded FROM runs").fetchall())
     assert len(after) == n_specs

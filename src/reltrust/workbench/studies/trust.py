@@ -202,7 +202,8 @@ def analyse(store: Store, out_dir: str | Path, specs: Sequence[RunSpec] | None =
             rep.table(["checkpoint", "question", "these runs"], checks)
         p = _figure(curves, out_dir)
         rep.figure(p, "Loss, relative gradient change and relative function change against the relative "
-                      "perturbation η, at each checkpoint (gradient and function change on a log axis).",
+                      "perturbation η, at each checkpoint (log axes; η = 0 left off the change panels, where "
+                      "both are 0 by definition).",
                    relative_to=out_dir)
         rep.heading("Table: at the largest η", 3)
         rep.table(
@@ -236,8 +237,7 @@ def _figure(curves: dict, out_dir: Path) -> Path:
                 else:  # η = 0 is 0 by definition: leave it off the log axis
                     lines[lab] = (c["etas"][1:], [v[1:] for v in c[m]])
             panels[title] = lines
-            if m != "loss":
-                logy.append(title)
+            logy.append(title)
     return plots.curves(panels, out_dir / "trust.png", xlabel="relative perturbation η", ylabel="",
                         ncols=len(epochs), logy_panels=logy)
 
