@@ -104,7 +104,7 @@ def configuration(report: Report, specs: Sequence[RunSpec], command: str | None 
         report.para(f"Command: `{command}`")
     if not specs:
         return report.para("No runs in the grid.")
-    flat = [_flatten(s) for s in specs]
+    flat = [{k: v for k, v in _flatten(s).items() if k not in ("optimizer", "lr", "optimizer_kwargs")} for s in specs]
     names = list(flat[0])
     for f in flat[1:]:
         names += [k for k in f if k not in names]
@@ -125,6 +125,17 @@ def configuration(report: Report, specs: Sequence[RunSpec], command: str | None 
     if varying:
         report.table(["setting (varies)", "values"],
                      [(k, ", ".join(f"`{_value_str(v)}`" for v in vs)) for k, vs in varying.items()])
+    per_opt: dict[str, tuple[list, list]] = {}
+    for sp in specs:
+        lrs, kws = per_opt.setdefault(sp.optimizer, ([], []))
+        if sp.lr not in lrs:
+            lrs.append(sp.lr)
+        kw = _value_str(sp.kwargs("optimizer"))
+        if kw not in kws:
+            kws.append(kw)
+    report.table(["optimizer", "learning rates", "other arguments"],
+                 [(name, ", ".join(f"{lr:g}" for lr in lrs), "; ".join(f"`{k}`" for k in kws))
+                  for name, (lrs, kws) in per_opt.items()])
     return report
 
 
@@ -132,11 +143,7 @@ def _flatten(spec: RunSpec) -> dict[str, Any]:
     d = spec.to_dict()
     out: dict[str, Any] = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k in ("model_kwargs", "optimizer_kwargs", "schedule_kwargs", "probe"):
-            if k == "optimizer_kwargs":
-                # optimiser kwargs belong to one optimiser: show them with its name
-                out[f"optimizer_kwargs[{d['optimizer']}]"] = v
-                continue
+        if isinstance(v, dict) and k in ("model_kwargs", "schedule_kwargs", "probe"):
             for kk, vv in v.items():
                 out[f"{k.removesuffix('_kwargs')}.{kk}"] = vv
             if not v:

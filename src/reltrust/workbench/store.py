@@ -232,7 +232,7 @@ class Store:
     # ---- export ------------------------------------------------------------------------------------
     CSV_COLUMNS = (
         "key", "study", "problem", "model", "optimizer", "lr", "seed", "epochs", "batch_size",
-        "weight_decay", "schedule", "status", "diverged", "train_acc", "train_loss", "val_acc", "val_loss",
+        "weight_decay", "schedule", "status", "diverged", "train_acc", "train_loss", "train_acc_running", "val_acc", "val_loss",
         "test_acc", "test_loss", "epochs_run", "steps", "model_kwargs", "optimizer_kwargs",
         "schedule_kwargs", "wall_seconds", "device", "threads", "error",
     )
@@ -241,7 +241,9 @@ class Store:
                    extra_columns: dict[str, Any] | None = None) -> Path:
         """One row per run (final metrics; model kwargs also as their own columns, e.g. ``depth``).
 
-        ``problem`` is the spec's dataset; ``diverged`` is True/False; ``error`` is the last line of a
+        ``problem`` is the spec's dataset; ``train_acc``/``train_loss`` are measured in eval mode over the
+        whole training split, ``train_acc_running`` is the mean minibatch accuracy during the last epoch
+        (the paper's depth-study metric); ``diverged`` is True/False; ``error`` is the last line of a
         crash's traceback (the full text is in the store and the JSON export).
 
         `extra_columns`: name → function(record) for study-specific columns. Written atomically.
@@ -267,7 +269,8 @@ class Store:
                 "wall_seconds": r.info.get("wall_seconds"), "device": r.info.get("device"),
                 "threads": r.info.get("threads"), "error": _last_line(r.error),
             }
-            for m in ("train_acc", "train_loss", "val_acc", "val_loss", "test_acc", "test_loss", "epochs_run", "steps"):
+            for m in ("train_acc", "train_loss", "train_acc_running", "val_acc", "val_loss", "test_acc", "test_loss",
+                      "epochs_run", "steps"):
                 row[m] = f.get(m)
             for k, v in s.kwargs("model").items():
                 if k in cols:

@@ -241,6 +241,7 @@ def analyse(store: Store, out_dir: str | Path, specs: Sequence[RunSpec] | None =
         "exactly what ran. Metric: final train accuracy (eval mode, whole training split, after the last "
         "epoch), best over each optimiser's three learning rates (mean over seeds at the best lr)."
     )
+    _paper_vs_here(rep, list(specs) if specs is not None else [r.spec for r in records], records)
     rep.heading("Findings")
     if not rows:
         rep.para("No runs are recorded yet: nothing to report.")
@@ -274,6 +275,37 @@ def analyse(store: Store, out_dir: str | Path, specs: Sequence[RunSpec] | None =
     failures(rep, records, specs)
     environment(rep, records)
     return rep.write(out_dir / "report.md")
+
+
+def _paper_vs_here(rep: Report, specs: Sequence[RunSpec], records: Sequence[Record]) -> None:
+    """What the paper ran beside what this grid runs (values read from the specs and the runs)."""
+    if not specs:
+        return
+
+    def vals(f) -> str:
+        out = []
+        for s in specs:
+            v = f(s)
+            if v not in out:
+                out.append(v)
+        return ", ".join(map(str, out))
+
+    n_train = sorted({r.info.get("n_train") for r in records if r.info.get("n_train")})
+    steps = sorted({r.final.get("steps") for r in records if r.status == "ok" and r.final.get("steps")})
+    rep.table(["", "paper", "here"], [
+        ("data", "MNIST, 60,000 training images", f"`{vals(lambda s: s.dataset)}`"
+         + (f", {', '.join(map(str, n_train))} training images" if n_train else "")),
+        ("hidden width", "784", vals(lambda s: s.kwargs("model").get("width"))),
+        ("depth (Linear layers incl. head)", "2 to 51", vals(lambda s: s.kwargs("model").get("depth"))),
+        ("epochs (optimiser steps)", "100 (24,000)",
+         vals(lambda s: s.epochs) + (f" ({', '.join(map(str, steps))})" if steps else "")),
+        ("batch", "250", vals(lambda s: s.batch_size)),
+        ("lr schedule", "× 0.95 per epoch", vals(lambda s: f"{s.schedule} {s.kwargs('schedule')} per {s.schedule_interval}")),
+        ("initialisation", "PyTorch default", vals(lambda s: s.kwargs("model").get("init", "default"))),
+        ("seeds", "1 per point", vals(lambda s: s.seed)),
+        ("metric", "mean minibatch accuracy during the last epoch",
+         "accuracy in eval mode over the whole training split after the last epoch"),
+    ])
 
 
 def _figures(records, rows, chance, out_dir: Path) -> list[tuple[Path, str]]:
