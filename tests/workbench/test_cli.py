@@ -114,3 +114,14 @@ def test_worker_processes_reproduce_the_in_process_sweep_bit_for_bit(tmp_path, r
     pool = _metrics(tmp_path / "pool.sqlite")
     ref = _metrics(reference[0] / "results.sqlite")
     assert {s.key: pool[s.key] for s in specs} == {s.key: ref[s.key] for s in specs}
+
+
+def test_a_second_sweep_into_the_same_folder_is_refused_while_one_runs(tmp_path):
+    import fcntl
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with open(out / ".lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running sweep holds it
+        assert main(["reproduce", "depth", "--out", str(out), "--workers", "0", *TINY]) == 2
+    assert not (out / "results.sqlite").exists()

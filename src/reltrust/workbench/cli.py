@@ -49,6 +49,27 @@ def _command_line(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def _lock(out: Path):
+    """An exclusive lock on ``out/.lock`` held for the life of the process (two sweeps writing one
+    store would run the same runs twice); False when another process holds it, None where fcntl
+    does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        return None
+    f = open(out / ".lock", "a+")  # noqa: SIM115 - kept open on purpose: closing releases the lock
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return False
+    _held_locks.append(f)
+    return f
+
+
+_held_locks: list = []
+
+
 def reproduce_command(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
@@ -74,6 +95,10 @@ def reproduce_command(args: argparse.Namespace) -> int:
     progress = not getattr(args, "no_progress", False) and sys.stderr.isatty()
     command = _command_line(args)
     interrupted = False
+    lock = _lock(out)
+    if lock is False:
+        print(f"reltrust reproduce: another reproduce is running in {out} (lock {out / '.lock'})", file=sys.stderr)
+        return 2
     with Store(out / "results.sqlite") as store:
         todo = store.pending(specs)
         print(f"{args.study}: {len(specs)} runs in the grid, {len(specs) - len(todo)} already in {out / 'results.sqlite'}",
@@ -90,6 +115,9 @@ def reproduce_command(args: argparse.Namespace) -> int:
         store.export_csv(out / "results.csv", records)
         store.export_json(out / "results.json", records)
         report = study.analyse(store, out, specs=specs, command=command)
+    if lock:
+        _held_locks.remove(lock)
+        lock.close()
     crashed = sum(r.status == "crashed" for r in records)
     missing = len(specs) - len(records)
     print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {report}")
