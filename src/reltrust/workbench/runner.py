@@ -181,10 +181,11 @@ def run_sweep(
 
     try:
         if workers == 0:
-            if threads:
-                import torch
+            import torch
 
+            if threads:
                 torch.set_num_threads(threads)
+            summary.threads = torch.get_num_threads()
             for spec in todo:
                 take(execute(spec, device, data_dir, False))
         else:
