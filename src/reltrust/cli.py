@@ -32,6 +32,9 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("study", help="which study (e.g. depth, trust)")
     p.add_argument("--quick", action="store_true", help="the scaled-down grid that finishes in minutes on 2 cores")
     p.add_argument("--out", default=None, help="output folder (default: runs/<study>[-quick])")
+    from reltrust.workbench.cli import add_arguments
+
+    add_arguments(p)
 
     def run(args: argparse.Namespace) -> int:
         from reltrust.workbench.cli import reproduce_command
