@@ -44,11 +44,30 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="one run of a study's grid (also under torchrun: FSDP2 or DDP over the ranks)")
+    p.add_argument("study", help="which study (e.g. depth, trust)")
+    p.add_argument("--quick", action="store_true", help="the grid of reproduce --quick")
+    p.add_argument("--out", default=None, help="the study's output folder (default: as reproduce)")
+
+    from reltrust.workbench.cli import add_run_arguments
+
+    add_run_arguments(p)
+
+    def run(args: argparse.Namespace) -> int:
+        from reltrust.workbench.cli import run_command
+
+        return run_command(args)
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reltrust", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_distance(sub)
     _add_reproduce(sub)
+    _add_run(sub)
     return parser
 
 

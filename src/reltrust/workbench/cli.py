@@ -1,4 +1,5 @@
 """`reltrust reproduce STUDY [--quick] [--out DIR]`: grid → runner → store → analysis → report.
+`reltrust run STUDY [--quick] --index I`: one run of a study's grid, in this process or under torchrun.
 
 Writes into DIR (default ``runs/<study>`` or ``runs/<study>-quick``):
 
@@ -126,3 +127,108 @@ def reproduce_command(args: argparse.Namespace) -> int:
     if interrupted:
         return 130
     return 1 if crashed or missing else 0
+
+
+# ------------------------------------------------------------------------------------ reltrust run
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `run` beyond study/--quick/--out (called from `reltrust.cli`)."""
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--index", type=int, help="position of the run in the study's grid (see --list)")
+    which.add_argument("--key", help="the run's key, or a unique prefix of it (see --list)")
+    which.add_argument("--list", action="store_true", help="list the grid: index, key, status in --out, label")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1), as given to reproduce")
+    p.add_argument("--parallel", choices=["fsdp", "ddp", "none"], default=None,
+                   help="data parallelism over the torchrun ranks (default: fsdp under torchrun with "
+                        "more than one rank, else none)")
+    p.add_argument("--data-dir", default=None, help="folder with dataset files (see reltrust.workbench.data)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (each rank takes cuda:LOCAL_RANK)")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+
+
+def _select(specs: list, args: argparse.Namespace):
+    if args.index is not None:
+        if not 0 <= args.index < len(specs):
+            raise ValueError(f"--index must be in [0, {len(specs) - 1}] for this grid, got {args.index}")
+        return specs[args.index]
+    found = {s.key: s for s in specs if s.key.startswith(args.key)}
+    if len(found) != 1:
+        raise ValueError(f"--key {args.key!r} matches {len(found)} runs of this grid; see --list")
+    return next(iter(found.values()))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """One run of a study's grid, recorded in the study's store so that `reproduce` skips it.
+
+    Under ``torchrun --nproc-per-node N -m reltrust run …`` every rank trains its slice of each
+    minibatch (FSDP2 or DDP, see `reltrust.workbench.train.fit`) and rank 0 records the result."""
+    import os
+
+    try:
+        study = get_study(args.study)
+    except ValueError as e:
+        print(f"reltrust run: {e}", file=sys.stderr)
+        return 2
+    quick, tiny = bool(args.quick), bool(getattr(args, "tiny", False))
+    out = Path(args.out or f"runs/{args.study}{'-tiny' if tiny else '-quick' if quick else ''}")
+    seeds = None if args.seeds is None else list(range(int(args.seeds)))
+    specs = study.grid(quick, seeds=seeds, tiny=tiny)
+    if args.list:
+        statuses = {}
+        if (out / "results.sqlite").exists():
+            with Store(out / "results.sqlite") as store:
+                statuses = store.statuses()
+        for i, s in enumerate(specs):
+            print(f"{i:4d}  {s.key[:12]}  {statuses.get(s.key, 'pending'):8s}  {s.label()}")
+        return 0
+    try:
+        spec = _select(specs, args)
+    except ValueError as e:
+        print(f"reltrust run: {e}", file=sys.stderr)
+        return 2
+
+    from reltrust.distributed import destroy_distributed, init_distributed, launched_by_torchrun
+    from reltrust.workbench.train import fit
+
+    parallel = args.parallel
+    if parallel is None:
+        parallel = "fsdp" if launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1 else "none"
+    parallel = None if parallel == "none" else parallel
+    rank, device = 0, args.device
+    if parallel is not None:
+        env = init_distributed(args.device)
+        rank, device = env.rank, env.device
+    lock = None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = _lock(out)
+        if lock is False:
+            print(f"reltrust run: a reproduce or run is writing {out} (lock {out / '.lock'})", file=sys.stderr)
+            return 2
+        print(f"{spec.label()}  key {spec.key[:12]}  parallel={parallel or 'none'}", flush=True)
+    try:
+        result = fit(spec, device=device, data_dir=args.data_dir, progress=rank == 0 and sys.stderr.isatty(),
+                     parallel=parallel)
+    except Exception:  # noqa: BLE001 - recorded like a sweep's crash, then re-raised for the exit status
+        if rank == 0:
+            import traceback
+
+            from reltrust.workbench.train import RunResult
+
+            with Store(out / "results.sqlite") as store:
+                store.record(RunResult(spec=spec, status="crashed", error=traceback.format_exc(),
+                                       info={"device": str(device), "parallel": parallel}))
+        raise
+    finally:
+        if parallel is not None:
+            destroy_distributed()
+    if rank == 0:
+        with Store(out / "results.sqlite") as store:
+            store.record(result)
+        if lock:
+            _held_locks.remove(lock)
+            lock.close()
+        f = result.final
+        print(f"{result.status}: train_acc {f.get('train_acc')}, train_loss {f.get('train_loss')}, "
+              f"{result.info.get('wall_seconds', 0):.1f} s on {result.info.get('world_size')} rank(s); "
+              f"recorded in {out / 'results.sqlite'}")
+    return 0

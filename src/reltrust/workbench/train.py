@@ -24,6 +24,13 @@ What one run does (the lecture notes' practice):
   one known is ``{"name": "perturbation", "at_epochs": [...], "etas": [...], "batch": n}`` which calls
   `reltrust.trust.perturbation_probe` on a copy of the model (the run itself is not disturbed: same
   weights, gradients and random-number state afterwards).
+- ``parallel="fsdp"`` or ``"ddp"`` (under torchrun, the default process group initialised): every rank
+  builds the same model from the seed, wraps it (FSDP2: one `fully_shard` unit per layer, then the
+  root; or DDP), walks the same shuffled order, and takes its slice of every minibatch. Each rank's
+  loss is its slice's *sum* × world/batch, so the averaged gradient is exactly the gradient of the
+  minibatch's mean loss: the same steps as one process, up to float rounding. Evaluation and probes
+  run on every rank on the whole data (probes on a gathered, unsharded copy); every rank returns the
+  same result, and the caller records rank 0's.
 """
 from __future__ import annotations
 
@@ -153,6 +160,45 @@ def _run_probe(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], probe
     return result.to_dict()
 
 
+# ----------------------------------------------------------------------------- data parallelism
+PARALLEL = ("fsdp", "ddp")
+
+
+def _parallelize(model: nn.Module, parallel: str, dev: torch.device) -> nn.Module:
+    """Wrap `model` for data parallelism over the default process group (see the module doc)."""
+    if parallel == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(dev.type, (dist.get_world_size(),))
+    for module in list(model.modules())[1:]:
+        if any(True for _ in module.parameters(recurse=False)):
+            fully_shard(module, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def _unwrapped(model: nn.Module, spec: RunSpec, data: Any, parallel: str | None, dev: torch.device) -> nn.Module:
+    """A plain module with `model`'s current weights: itself, DDP's module, or a gathered FSDP copy."""
+    if parallel is None:
+        return model
+    if parallel == "ddp":
+        return model.module
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from reltrust.workbench.models import build_model
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))  # a collective
+    with torch.random.fork_rng(devices=[]):
+        plain = build_model(spec.model, data, **spec.kwargs("model")).to(dev)
+    plain.load_state_dict(full)
+    plain.train(model.training)
+    return plain
+
+
 # -------------------------------------------------------------------------------------------- fit
 def fit(
     spec: RunSpec,
@@ -160,10 +206,22 @@ def fit(
     device: str | torch.device | None = "cpu",
     data_dir: str | None = None,
     progress: bool | None = None,
+    parallel: str | None = None,
 ) -> RunResult:
     """Train and evaluate one run as `spec` says (see the module doc). Errors propagate to the caller
-    (the runner records them as crashes); divergence does not raise."""
+    (the runner records them as crashes); divergence does not raise. `parallel`: None, "fsdp" or
+    "ddp" (needs an initialised default process group; every rank calls `fit`)."""
     t_start = time.perf_counter()
+    rank, world = 0, 1
+    if parallel is not None:
+        import torch.distributed as dist
+
+        if parallel not in PARALLEL:
+            raise ValueError(f"parallel must be None or one of {PARALLEL}, got {parallel!r}")
+        if not dist.is_initialized():
+            raise RuntimeError("fit(parallel=...) needs the default process group: start under torchrun "
+                               "and call reltrust.distributed.init_distributed() first")
+        rank, world = dist.get_rank(), dist.get_world_size()
     dev = resolve_device(device)
     data = _load(spec.dataset, data_dir, spec.val_fraction, spec.split_seed)
     if getattr(data, "kind", "image") == "text":
@@ -180,6 +238,8 @@ def fit(
     from reltrust.workbench.models import build_model
 
     model = build_model(spec.model, data, **spec.kwargs("model")).to(dev)
+    if parallel is not None:
+        model = _parallelize(model, parallel, dev)
     optimizer = build_optimizer(spec, model)
     n = len(train[1])
     steps_per_epoch = math.ceil(n / spec.batch_size)
@@ -202,7 +262,7 @@ def fit(
     history = [_eval_entry(model, train, val, 0, None, {"train_loss_running": None, "train_acc_running": None, "seconds": 0.0})]
     eval_seconds = time.perf_counter() - t_eval
     if 0 in probe_epochs:
-        probes.append({"epoch": 0, "step": 0, **_run_probe(model, probe_batch, probe)})
+        probes.append({"epoch": 0, "step": 0, **_run_probe(_unwrapped(model, spec, data, parallel, dev), probe_batch, probe)})
 
     if progress is None:
         progress = sys.stderr.isatty()
@@ -224,21 +284,32 @@ def fit(
         run_loss, run_correct, run_n = 0.0, 0, 0
         for i in range(steps_per_epoch):
             idx = perm[i * spec.batch_size : (i + 1) * spec.batch_size]
-            xb, yb = x[idx], y[idx]
+            bs = len(idx)
             optimizer.zero_grad(set_to_none=True)
-            out = model(xb)
-            loss = nn.functional.cross_entropy(out, yb)
-            loss.backward()
+            if parallel is None:
+                xb, yb = x[idx], y[idx]
+                out = model(xb)
+                loss = nn.functional.cross_entropy(out, yb)
+                loss.backward()
+                correct = (out.detach().argmax(dim=1) == yb).sum()
+            else:  # this rank's slice; sum × world/bs so that the ranks' averaged gradient is the mean's
+                mine = idx.tensor_split(world)[rank]
+                xb, yb = x[mine], y[mine]
+                out = model(xb)
+                loss_sum = nn.functional.cross_entropy(out, yb, reduction="sum")
+                (loss_sum * (world / bs)).backward()
+                stats = torch.stack([loss_sum.detach(), (out.detach().argmax(dim=1) == yb).sum().to(loss_sum.dtype)])
+                torch.distributed.all_reduce(stats)
+                loss, correct = stats[0] / bs, stats[1]
             optimizer.step()
             step += 1
             lv = float(loss.detach())
-            bs = len(yb)
             samples += bs
             if not math.isfinite(lv):
                 diverged_at = {"epoch": epoch, "step": step, "loss": lv}
                 break
             run_loss += lv * bs
-            run_correct += int((out.detach().argmax(dim=1) == yb).sum())
+            run_correct += int(correct)
             run_n += bs
             if per_step:
                 scheduler.step()
@@ -263,7 +334,8 @@ def fit(
         if diverged_at is not None:
             break
         if epoch in probe_epochs:
-            probes.append({"epoch": epoch, "step": step, **_run_probe(model, probe_batch, probe)})
+            probes.append({"epoch": epoch, "step": step,
+                           **_run_probe(_unwrapped(model, spec, data, parallel, dev), probe_batch, probe)})
         if spec.patience > 0:
             vl = entry["val_loss"]
             if math.isfinite(vl) and vl < best_val - spec.min_delta:
@@ -302,6 +374,8 @@ def fit(
     result.probes = probes
     result.info = {
         "device": str(dev),
+        "parallel": parallel,
+        "world_size": world,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "data_source": getattr(data, "source", None),
