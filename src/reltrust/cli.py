@@ -27,37 +27,20 @@ def _add_distance(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _add_reproduce(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reproduce", help="run one study of the papers and write its results, figures and report")
+def _add_study_command(sub: argparse._SubParsersAction, name: str, help: str, quick_help: str) -> None:
+    """`reproduce` and `run`: a study name, --quick, --out, then the workbench's own options."""
+    p = sub.add_parser(name, help=help)
     p.add_argument("study", help="which study (e.g. depth, trust)")
-    p.add_argument("--quick", action="store_true", help="the scaled-down grid that finishes in minutes on 2 cores")
+    p.add_argument("--quick", action="store_true", help=quick_help)
     p.add_argument("--out", default=None, help="output folder (default: runs/<study>[-quick])")
-    from reltrust.workbench.cli import add_arguments
+    from reltrust.workbench import cli as workbench_cli
 
-    add_arguments(p)
-
-    def run(args: argparse.Namespace) -> int:
-        from reltrust.workbench.cli import reproduce_command
-
-        return reproduce_command(args)
-
-    p.set_defaults(func=run)
-
-
-def _add_run(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="one run of a study's grid (also under torchrun: FSDP2 or DDP over the ranks)")
-    p.add_argument("study", help="which study (e.g. depth, trust)")
-    p.add_argument("--quick", action="store_true", help="the grid of reproduce --quick")
-    p.add_argument("--out", default=None, help="the study's output folder (default: as reproduce)")
-
-    from reltrust.workbench.cli import add_run_arguments
-
-    add_run_arguments(p)
+    getattr(workbench_cli, f"add_{name}_arguments")(p)
 
     def run(args: argparse.Namespace) -> int:
-        from reltrust.workbench.cli import run_command
+        from reltrust.workbench import cli as workbench_cli
 
-        return run_command(args)
+        return getattr(workbench_cli, f"{name}_command")(args)
 
     p.set_defaults(func=run)
 
@@ -66,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reltrust", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_distance(sub)
-    _add_reproduce(sub)
-    _add_run(sub)
+    _add_study_command(sub, "reproduce", "run one study of the papers and write its results, figures and report",
+                       "the scaled-down grid that finishes in minutes on 2 cores")
+    _add_study_command(sub, "run", "one run of a study's grid (also under torchrun: FSDP2 or DDP over the ranks)",
+                       "a run of the grid of reproduce --quick")
     return parser
 
 

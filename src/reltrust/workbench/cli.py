@@ -23,7 +23,7 @@ from reltrust.workbench.store import Store
 from reltrust.workbench.studies import get_study
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `reproduce` beyond study/--quick/--out (called from `reltrust.cli`)."""
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: one per CPU core, at most one per run; 0: run in this process)")
