@@ -15,6 +15,9 @@ def _add_distance(sub: argparse._SubParsersAction) -> None:
     p.add_argument("after", help="checkpoint or state dict (.pt) of the second network")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--include-biases", action="store_true", help="count 1-d tensors (biases, norm weights) as layers")
+    p.add_argument("--include", action="append", metavar="REGEX", help="only layers whose name matches (repeatable)")
+    p.add_argument("--exclude", action="append", metavar="REGEX", help="leave out layers whose name matches (repeatable)")
+    p.add_argument("--skip-zero-norm", action="store_true", help="leave out zero-norm layers instead of failing")
 
     def run(args: argparse.Namespace) -> int:
         from reltrust.trust.cli import distance_command
@@ -24,16 +27,20 @@ def _add_distance(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _add_reproduce(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reproduce", help="run one study of the papers and write its results, figures and report")
+def _add_study_command(sub: argparse._SubParsersAction, name: str, help: str, quick_help: str) -> None:
+    """`reproduce` and `run`: a study name, --quick, --out, then the workbench's own options."""
+    p = sub.add_parser(name, help=help)
     p.add_argument("study", help="which study (e.g. depth, trust)")
-    p.add_argument("--quick", action="store_true", help="the scaled-down grid that finishes in minutes on 2 cores")
+    p.add_argument("--quick", action="store_true", help=quick_help)
     p.add_argument("--out", default=None, help="output folder (default: runs/<study>[-quick])")
+    from reltrust.workbench import cli as workbench_cli
+
+    getattr(workbench_cli, f"add_{name}_arguments")(p)
 
     def run(args: argparse.Namespace) -> int:
-        from reltrust.workbench.cli import reproduce_command
+        from reltrust.workbench import cli as workbench_cli
 
-        return reproduce_command(args)
+        return getattr(workbench_cli, f"{name}_command")(args)
 
     p.set_defaults(func=run)
 
@@ -42,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reltrust", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_distance(sub)
-    _add_reproduce(sub)
+    _add_study_command(sub, "reproduce", "run one study of the papers and write its results, figures and report",
+                       "the scaled-down grid that finishes in minutes on 2 cores")
+    _add_study_command(sub, "run", "one run of a study's grid (also under torchrun: FSDP2 or DDP over the ranks)",
+                       "a run of the grid of reproduce --quick")
     return parser
 
 

@@ -144,6 +144,26 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As torch's, but state of 16-bit parameters stays float32 (torch casts it to the param dtype).
+
+        Keys of ``state_dict["state"]`` may be indices or, from
+        `torch.distributed.checkpoint.state_dict.set_state_dict`, parameter names; either way they
+        follow the order of ``state_dict["param_groups"]``, which torch pairs with this optimiser's.
+        """
+        saved = state_dict["state"]
+        keys = [k for g in state_dict["param_groups"] for k in g["params"]]
+        super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        for key, p in zip(keys, params):
+            work = compute_dtype(p.dtype)
+            if work == p.dtype or key not in saved:
+                continue
+            state = self.state[p]
+            for name, value in saved[key].items():
+                if torch.is_tensor(value) and value.is_floating_point() and name in state:
+                    state[name] = value.to(device=state[name].device, dtype=work)
+
     def _init_state(self, group: dict[str, Any], p: torch.Tensor, state: dict[str, Any]) -> None:  # pragma: no cover
         raise NotImplementedError
 

@@ -18,20 +18,23 @@ The ratios come back as one vector (N,) on the tensors' device; `.unbind()` give
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 
-try:  # torch >= 2.4
-    from torch.distributed.tensor import DTensor
-except ImportError:  # pragma: no cover - older torch
-    DTensor = ()  # type: ignore[assignment,misc]
+
+def is_dtensor(t: torch.Tensor) -> bool:
+    """True for a DTensor. Importing `torch.distributed.tensor` costs seconds, and a DTensor can only
+    exist once it is imported, so the check looks the module up instead of importing it."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
     """The local shard of a DTensor (a view sharing its storage); a plain tensor unchanged."""
-    return t.to_local() if isinstance(t, DTensor) else t
+    return t.to_local() if is_dtensor(t) else t
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -43,7 +46,7 @@ def _sharded_groups(like: Sequence[torch.Tensor]) -> dict[tuple, list[int]]:
     """Indices of the DTensors in `like`, keyed by (mesh, mesh dims they are sharded over)."""
     groups: dict[tuple, list[int]] = {}
     for i, t in enumerate(like):
-        if not isinstance(t, DTensor):
+        if not is_dtensor(t):
             continue
         dims = []
         for d, placement in enumerate(t.placements):
@@ -69,17 +72,19 @@ def norms(
     *,
     like: Sequence[torch.Tensor] | None = None,
     foreach: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Frobenius norms of whole logical tensors, as one vector (N,).
 
     `tensors` may be DTensors or plain (local) tensors; `like`, when given, holds the tensors whose
     DTensor placements say how each entry of `tensors` is sharded (used when `tensors` are already
-    local views or float32 work copies). Norms of 16-bit tensors are accumulated in float32.
+    local views or float32 work copies). Norms of 16-bit tensors are accumulated in float32, or in
+    `dtype` when given.
     """
     if not tensors:
         raise ValueError("norms: empty tensor list")
     shards = [local(t) for t in tensors]
-    dtype = compute_dtype(shards[0].dtype)
+    dtype = dtype or compute_dtype(shards[0].dtype)
     if foreach:
         per_tensor = torch._foreach_norm(shards, 2, dtype=dtype)
     else:

@@ -1,0 +1,101 @@
+"""How much does TrustMonitor slow a training step? Prints ms/step without and with it, and the ratio.
+
+    PYTHONPATH=src python benchmarks/monitor_overhead.py [--blocks 20] [--every 50] [--threads 1]
+
+A small MLP (784-256-256-10, batch 128) trained with SGD + momentum on a fixed random batch. One
+model and one monitor; the monitor is attached and detached in alternating blocks of `every` steps
+(so each "on" block holds exactly one σ_1 measurement, the amortised cost), and ms/step is the median
+(and min) over blocks, so slow drifts and neighbours on a shared machine hit both modes alike. The
+monitor's hooks are also timed alone (best of many) as a noise-free estimate of its cost.
+Target: overhead under 10 % with every=50. A script: never run by the test suite.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reltrust.trust import TrustMonitor
+
+
+def make(widths=(784, 256, 256, 10), seed: int = 0):
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i in range(len(widths) - 1):
+        layers.append(nn.Linear(widths[i], widths[i + 1]))
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    model = nn.Sequential(*layers)
+    return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--blocks", type=int, default=20, help="blocks per mode")
+    ap.add_argument("--every", type=int, default=50, help="monitor's σ_1 interval, also the block length")
+    ap.add_argument("--spectral", default="lanczos", choices=["lanczos", "exact"])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--widths", default="784,256,256,10", help="layer widths of the MLP")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared box)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    widths = tuple(int(w) for w in args.widths.split(","))
+    block = max(args.every, 10)
+
+    model, opt = make(widths)
+    x = torch.randn(args.batch, widths[0])
+    y = torch.randint(0, widths[-1], (args.batch,))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    mon = TrustMonitor(opt, model, every=args.every, spectral=args.spectral)
+    for _ in range(block):  # warm-up: allocator, the monitor's first (longer) Lanczos run
+        step()
+    mon.detach()
+    for _ in range(block):
+        step()
+
+    off, on = [], []
+    for _ in range(args.blocks):
+        for attached, times in ((False, off), (True, on)):
+            if attached:
+                mon.attach()
+            t0 = time.perf_counter()
+            for _ in range(block):
+                step()
+            times.append(1e3 * (time.perf_counter() - t0) / block)
+            mon.detach()
+    assert len(mon) == block * (args.blocks + 1)
+
+    # the hooks alone, best of many: what the monitor itself costs per step (σ_1 amortised)
+    def hooks_once():
+        mon._pre_hook(opt, (), {})
+        mon._post_hook(opt, (), {})
+
+    best = float("inf")
+    for _ in range(10):
+        t0 = time.perf_counter()
+        for _ in range(block):
+            hooks_once()
+        best = min(best, 1e3 * (time.perf_counter() - t0) / block)
+
+    print(f"MLP {'-'.join(map(str, widths))}, batch {args.batch}, SGD+momentum, {args.threads} thread(s); "
+          f"{args.blocks} alternating blocks of {block} steps; monitor every={args.every}, spectral={args.spectral}")
+    for name, times in (("without monitor", off), ("with monitor   ", on)):
+        print(f"{name}: median {statistics.median(times):.3f} ms/step, min {min(times):.3f} ms/step")
+    for what, f in (("median", statistics.median), ("min", min)):
+        r = f(on) / f(off)
+        print(f"ratio ({what}): {r:.3f}   (overhead {100 * (r - 1):+.1f} %)")
+    print(f"monitor hooks alone (best of 10 blocks, sigma_1 amortised): {best:.3f} ms/step "
+          f"= {100 * best / min(off):.1f} % of the fastest plain step")
+
+
+if __name__ == "__main__":
+    main()

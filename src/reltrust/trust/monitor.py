@@ -1,0 +1,400 @@
+"""A training monitor: per step and layer, how far the optimiser moved each weight, relative to its size.
+
+    monitor = TrustMonitor(optimizer, model, every=50)    # attaches step hooks
+    for x, y in loader: ...; optimizer.step()              # recorded automatically
+    monitor.detach(); monitor.to_csv("trust.csv")
+
+For every optimiser step s and selected layer l (the pre-hook snapshots W_l, the post-hook measures):
+
+    relative_update[s, l] = ‖W_l^after − W_l^before‖_F / ‖W_l^before‖_F
+    update_norm[s, l]     = ‖W_l^after − W_l^before‖_F
+    norm[s, l]            = ‖W_l^before‖_F            (the weight norm at the start of step s)
+
+and after step 1 and every `every`-th step the top singular value σ_1 of each layer (as a matrix,
+kernels reshaped to (out, in·k·k)): by default with a few steps of Golub-Kahan-Lanczos
+bidiagonalisation warm-started from the previous right singular vector (a Ritz value, so an
+estimate from below; relative error ~1e-6 to 1e-3 on MLPs in training, and far better than power
+iteration when the top singular values are close, as they are at random initialisation), or exactly
+with ``spectral="exact"``, or not at all with ``every=0``.
+
+Cost per step: one multi-tensor copy of the selected layers, one subtraction and two
+``torch._foreach_norm`` calls (float32, or float64 for float64 parameters); no host transfer: the
+results stay tensors on the parameters' device and are moved to the host `flush_every` steps at a
+time (and when read). ‖W‖ = 0 gives inf or nan relative updates (IEEE division), which CSV keeps
+and JSON writes as null. The monitor never draws from the global random generator (its Lanczos start
+vectors come from a private one), so it does not change the training's random stream.
+
+Layers: the optimiser's parameters that count as layers under the rule of `reltrust.trust.distance`
+(floating, ≥ 2-d unless `include_biases`, `include`/`exclude` regular expressions on the names).
+Names come from `model.named_parameters()` when `model` is given, else from the optimiser's
+``param_names`` (torch ≥ 2.6 with named parameters), else ``"group{g}.param{i}"``. Parameter groups
+added after the monitor is attached are not monitored. Parameters on several devices are gathered
+to the first one's device for bookkeeping.
+
+FSDP2 (DTensor) parameters: the snapshot holds each rank's local shards and the shard norms are
+combined per layer with one all-reduce per norm vector (`reltrust.optim.norms`), so every rank
+records the norms of the whole tensors. σ_1 needs whole matrices: at the spectral steps each layer
+is gathered (``full_tensor()``) once; use ``every=0`` to avoid that communication.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from reltrust.optim.trust_ratio import is_dtensor, local, norms
+from reltrust.trust.distance import Patterns, _compile, _selected
+
+_SPECTRAL = ("lanczos", "exact")
+
+
+class TrustMonitor:
+    """Records relative updates, norms and top singular values of an optimiser's layers per step.
+
+    Args:
+        optimizer: any `torch.optim.Optimizer`; hooks are registered with
+            ``register_step_pre_hook``/``register_step_post_hook`` at construction.
+        model: optional module, used only to name the parameters.
+        every: measure σ_1 after step 1 and every `every`-th step (``0`` turns it off; ≥ 0).
+        spectral: ``"lanczos"`` (`lanczos_steps` Golub-Kahan-Lanczos steps per measurement,
+            warm-started; 4× as many at the first one, from a fixed pseudo-random vector) or
+            ``"exact"`` (``torch.linalg.matrix_norm(ord=2)``, a full SVD: slow for big layers).
+        lanczos_steps: Krylov dimension of a warm-started measurement (≥ 1).
+        include_biases, include, exclude: the layer selection (see module docstring).
+        flush_every: how many steps of results to keep as device tensors before moving them to the
+            host in one transfer (≥ 1).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        model: nn.Module | None = None,
+        *,
+        every: int = 50,
+        spectral: str = "lanczos",
+        lanczos_steps: int = 8,
+        include_biases: bool = False,
+        include: Patterns = None,
+        exclude: Patterns = None,
+        flush_every: int = 256,
+    ):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if model is not None and not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
+        for arg, value, low in (("every", every, 0), ("lanczos_steps", lanczos_steps, 1),
+                                ("flush_every", flush_every, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{arg} must be an integer >= {low}, got {value!r}")
+        if spectral not in _SPECTRAL:
+            raise ValueError(f"spectral must be one of {', '.join(map(repr, _SPECTRAL))}, got {spectral!r}")
+
+        self.every, self.spectral = every, spectral
+        self.lanczos_steps = lanczos_steps
+        self.flush_every = flush_every
+
+        names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+        inc, exc = _compile(include, "include"), _compile(exclude, "exclude")
+        self._params: list[torch.Tensor] = []
+        self.layers: list[str] = []
+        seen = set()
+        for g, group in enumerate(optimizer.param_groups):
+            pnames = group.get("param_names")
+            for i, p in enumerate(group["params"]):
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                name = names.get(id(p)) or (pnames[i] if pnames else None) or f"group{g}.param{i}"
+                if _selected(name, p, include_biases, inc, exc):
+                    self._params.append(p)
+                    self.layers.append(name)
+        if not self._params:
+            raise ValueError("no layers selected: the optimiser has no floating parameter matching the selection")
+        self.shapes = [tuple(p.shape) for p in self._params]
+
+        self._device = self._params[0].device
+        self._one_device = all(p.device == self._device for p in self._params)
+        wide = any(p.dtype == torch.float64 for p in self._params)
+        self._norm_dtype = torch.float64 if wide else torch.float32
+        self._locals = [local(p).detach() for p in self._params]  # DTensor: this rank's shard (a view)
+        self._snap = [torch.empty_like(t, memory_format=torch.preserve_format) for t in self._locals]
+        self._vectors: list[torch.Tensor | None] = [None] * len(self._params)
+        self._gen = torch.Generator().manual_seed(0)  # private: start vectors never touch the global RNG
+        self._pre_norms: torch.Tensor | None = None
+
+        self._step = 0
+        self._steps: list[int] = []
+        self._pending: list[torch.Tensor] = []
+        self._chunks: list[torch.Tensor] = []
+        self._spectral_steps: list[int] = []
+        self._spectral_pending: list[torch.Tensor] = []
+        self._spectral_chunks: list[torch.Tensor] = []
+        self._optimizer = optimizer
+        self._handles: list = []
+        self.attach()
+
+    # ------------------------------------------------------------------ hooks
+
+    @torch.no_grad()
+    def _pre_hook(self, optimizer, args, kwargs) -> None:
+        torch._foreach_copy_(self._snap, self._locals)
+        # the norm right after the copy, while the snapshot is still in cache
+        self._pre_norms = self._norms()
+
+    @torch.no_grad()
+    def _post_hook(self, optimizer, args, kwargs) -> None:
+        if self._pre_norms is None:  # attached between a pre- and a post-hook: nothing to compare
+            return
+        torch._foreach_sub_(self._snap, self._locals)  # the snapshot now holds −ΔW
+        row = torch.cat([self._pre_norms, self._norms()])
+        self._pre_norms = None
+        self._step += 1
+        self._steps.append(self._step)
+        self._pending.append(row)
+        if self.every and (self._step == 1 or self._step % self.every == 0):
+            self._spectral_steps.append(self._step)
+            self._spectral_pending.append(self._top_singular_values())
+        if len(self._pending) >= self.flush_every:
+            self._flush()
+
+    def _norms(self) -> torch.Tensor:
+        """Norms of the snapshot tensors as whole logical tensors, one vector on the monitor's device."""
+        if self._one_device:
+            return norms(self._snap, like=self._params, dtype=self._norm_dtype)
+        return torch.stack([torch.linalg.vector_norm(t, dtype=self._norm_dtype).to(self._device) for t in self._snap])
+
+    def _top_singular_values(self) -> torch.Tensor:
+        out = []
+        for i, p in enumerate(self._params):
+            p = p.detach().full_tensor() if is_dtensor(p) else p.detach()
+            w = p.reshape(p.shape[0], -1)
+            if w.dtype not in (torch.float32, torch.float64):
+                w = w.float()
+            if self.spectral == "exact":
+                sigma = torch.linalg.matrix_norm(w, ord=2)
+            else:
+                v = self._vectors[i]
+                steps = self.lanczos_steps
+                if v is None:
+                    v = torch.randn(w.shape[1], generator=self._gen, dtype=w.dtype).to(w.device)
+                    steps *= 4
+                sigma, self._vectors[i] = top_singular_value(w, v, steps)
+            out.append(sigma.to(self._device, self._norm_dtype))
+        return torch.stack(out)
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._chunks.append(torch.stack(self._pending).to("cpu", torch.float64))
+            self._pending = []
+        if self._spectral_pending:
+            self._spectral_chunks.append(torch.stack(self._spectral_pending).to("cpu", torch.float64))
+            self._spectral_pending = []
+
+    # ------------------------------------------------------------------ attach / detach
+
+    def attach(self) -> None:
+        """Register the hooks again after `detach` (no-op when attached); step numbers continue."""
+        if not self._handles:
+            self._pre_norms = None
+            self._handles = [self._optimizer.register_step_pre_hook(self._pre_hook),
+                             self._optimizer.register_step_post_hook(self._post_hook)]
+
+    def detach(self) -> None:
+        """Remove the hooks (idempotent) and move pending results to the host."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._flush()
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def __enter__(self) -> TrustMonitor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def __repr__(self) -> str:
+        return f"TrustMonitor({len(self.layers)} layers, {len(self)} steps, every={self.every}, attached={self.attached})"
+
+    # ------------------------------------------------------------------ results (CPU float64 tensors)
+
+    def _table(self) -> torch.Tensor:
+        self._flush()
+        n = len(self.layers)
+        if not self._chunks:
+            return torch.zeros(0, 2, n, dtype=torch.float64)
+        return torch.cat(self._chunks).view(-1, 2, n)
+
+    @property
+    def steps(self) -> list[int]:
+        """The step numbers recorded (1 = first step seen by this monitor)."""
+        return list(self._steps)
+
+    @property
+    def norm(self) -> torch.Tensor:
+        """‖W_l‖ at the start of each step, shape (steps, layers)."""
+        return self._table()[:, 0]
+
+    @property
+    def update_norm(self) -> torch.Tensor:
+        """‖ΔW_l‖ of each step, shape (steps, layers)."""
+        return self._table()[:, 1]
+
+    @property
+    def relative_update(self) -> torch.Tensor:
+        """‖ΔW_l‖/‖W_l‖ of each step (‖W_l‖ at its start), shape (steps, layers)."""
+        t = self._table()
+        return t[:, 1] / t[:, 0]
+
+    @property
+    def spectral_steps(self) -> list[int]:
+        """The steps at which σ_1 was measured."""
+        return list(self._spectral_steps)
+
+    @property
+    def top_singular_value(self) -> torch.Tensor:
+        """σ_1 of each layer after each step in `spectral_steps`, shape (measurements, layers)."""
+        self._flush()
+        if not self._spectral_chunks:
+            return torch.zeros(0, len(self.layers), dtype=torch.float64)
+        return torch.cat(self._spectral_chunks)
+
+    # ------------------------------------------------------------------ exports
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per (step, layer): step, layer, norm (at the start of the step), update_norm,
+        relative_update, top_singular_value (after the step; None where not measured)."""
+        t = self._table()
+        rel = t[:, 1] / t[:, 0]
+        sv = dict(zip(self._spectral_steps, self.top_singular_value.tolist()))
+        rows = []
+        for i, s in enumerate(self._steps):
+            norms, deltas, rels = t[i, 0].tolist(), t[i, 1].tolist(), rel[i].tolist()
+            sig = sv.get(s)
+            for j, name in enumerate(self.layers):
+                rows.append({"step": s, "layer": name, "norm": norms[j], "update_norm": deltas[j],
+                             "relative_update": rels[j], "top_singular_value": None if sig is None else sig[j]})
+        return rows
+
+    def to_csv(self, path: str | os.PathLike) -> None:
+        """Long-format CSV: step,layer,norm,update_norm,relative_update,top_singular_value."""
+        fields = ["step", "layer", "norm", "update_norm", "relative_update", "top_singular_value"]
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            for row in self.to_records():
+                w.writerow({k: ("" if v is None else (repr(v) if isinstance(v, float) else v)) for k, v in row.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Wide format: layers, shapes, steps, and (steps × layers) lists of every quantity."""
+        t = self._table()
+
+        def clean(x: torch.Tensor) -> list:  # JSON has no inf/nan: write them as None
+            return [[v if math.isfinite(v) else None for v in row] for row in x.tolist()]
+
+        return {
+            "layers": list(self.layers),
+            "shapes": [list(s) for s in self.shapes],
+            "steps": self.steps,
+            "norm": clean(t[:, 0]),
+            "update_norm": clean(t[:, 1]),
+            "relative_update": clean(t[:, 1] / t[:, 0]),
+            "spectral_steps": self.spectral_steps,
+            "top_singular_value": clean(self.top_singular_value),
+            "spectral_method": self.spectral if self.every else None,
+        }
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """`to_dict()` as JSON (non-finite values written as null)."""
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f)
+
+    def to_tensorboard(self, writer: Any, prefix: str = "trust") -> None:
+        """Write scalars ``{prefix}/relative_update/{layer}``, ``…/norm/…``, ``…/top_singular_value/…``.
+
+        `writer` is a SummaryWriter-like object (with ``add_scalar``) or a log directory, in which
+        case `torch.utils.tensorboard.SummaryWriter` is used: that needs the optional `tensorboard`
+        package and raises `ImportError` saying so when it is absent."""
+        own = False
+        if not hasattr(writer, "add_scalar"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ImportError("to_tensorboard(log_dir) needs the optional 'tensorboard' package "
+                                  "(pip install tensorboard), or pass a writer with add_scalar") from e
+            writer, own = SummaryWriter(os.fspath(writer)), True
+        t = self._table()
+        rel = t[:, 1] / t[:, 0]
+        for i, s in enumerate(self._steps):
+            for j, name in enumerate(self.layers):
+                writer.add_scalar(f"{prefix}/relative_update/{name}", float(rel[i, j]), s)
+                writer.add_scalar(f"{prefix}/norm/{name}", float(t[i, 0, j]), s)
+        sv = self.top_singular_value
+        for i, s in enumerate(self._spectral_steps):
+            for j, name in enumerate(self.layers):
+                writer.add_scalar(f"{prefix}/top_singular_value/{name}", float(sv[i, j]), s)
+        if own:
+            writer.close()
+
+
+@torch.no_grad()
+def top_singular_value(w: torch.Tensor, v0: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """σ_1 of the matrix `w` by `steps` of Golub-Kahan-Lanczos bidiagonalisation started at `v0`.
+
+    Builds orthonormal U_k = [u_0 … u_{k-1}], V_{k+1} = [v_0 … v_k] (fully reorthogonalised) with
+    U_kᵀ W V_{k+1} = B, upper bidiagonal (α_j on the diagonal, β_j above it), and returns σ_1(B),
+    which is ≤ σ_1(W) (a Ritz value of a projection) and converges fast in k, together with the
+    matching unit right Ritz vector V_{k+1} ṽ to warm-start the next call. Stops early when the
+    Krylov space is exhausted, in which case the value is exact.
+    """
+    m, n = w.shape
+    k = max(1, min(steps, m, n))
+    V, U = w.new_zeros(k + 1, n), w.new_zeros(k, m)
+    alpha, beta = w.new_zeros(k), w.new_zeros(k)
+    start = v0.norm()
+    if not start > 0:
+        raise ValueError("top_singular_value: the start vector is zero")
+    V[0] = v0 / start
+    tol = None
+    n_u = n_v = 0
+    for j in range(k):
+        p = w @ V[j]
+        if j:
+            p -= beta[j - 1] * U[j - 1]
+            p -= U[:j].T @ (U[:j] @ p)  # full reorthogonalisation (k is small)
+        a = p.norm()
+        if tol is None:
+            tol = torch.finfo(w.dtype).eps * max(float(a), float(torch.linalg.vector_norm(w)) * 1e-3)
+        n_v = j + 1
+        if a <= tol:  # W v_j lies in span(U): exhausted
+            break
+        alpha[j], U[j] = a, p / a
+        n_u = j + 1
+        r = w.T @ U[j] - a * V[j]
+        r -= V[: j + 1].T @ (V[: j + 1] @ r)
+        b = r.norm()
+        if b <= tol:
+            break
+        beta[j], V[j + 1] = b, r / b
+        n_v = j + 2
+    if n_u == 0:  # W v0 = 0
+        return (torch.linalg.matrix_norm(w, ord=2) if w.any() else w.new_zeros(()), V[0])
+    B = w.new_zeros(n_u, n_v)
+    idx = torch.arange(n_u, device=w.device)
+    B[idx, idx] = alpha[:n_u]
+    sup = idx[idx + 1 < n_v]
+    B[sup, sup + 1] = beta[: len(sup)]
+    _, s, vh = torch.linalg.svd(B, full_matrices=False)
+    v = vh[0] @ V[:n_v]
+    return s[0], v / v.norm()

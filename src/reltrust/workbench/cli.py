@@ -1,0 +1,234 @@
+"""`reltrust reproduce STUDY [--quick] [--out DIR]`: grid → runner → store → analysis → report.
+`reltrust run STUDY [--quick] --index I`: one run of a study's grid, in this process or under torchrun.
+
+Writes into DIR (default ``runs/<study>`` or ``runs/<study>-quick``):
+
+- ``results.sqlite``: the store (rerunning the same command resumes: finished runs are not redone);
+- ``results.csv`` (one row per run) and ``results.json`` (everything, per-epoch histories included);
+- the study's figures (PNG) and ``report.md``.
+
+Exit status: 0 when every run of the grid finished (ok or diverged), 1 when some crashed (they are in
+the report), 130 when interrupted (what finished is kept and reported; rerun to resume).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from reltrust.workbench.runner import run_sweep
+from reltrust.workbench.store import Store
+from reltrust.workbench.studies import get_study
+
+
+def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `reproduce` beyond study/--quick/--out (called from `reltrust.cli`)."""
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: one per CPU core, at most one per run; 0: run in this process)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores // workers)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1) instead of the study's default")
+    p.add_argument("--data-dir", default=None, help="folder with dataset files (see reltrust.workbench.data)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: rebuild results.csv/json, figures and report from the store")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # seconds-long grid for the tests
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    parts = ["reltrust", "reproduce", args.study]
+    if args.quick:
+        parts.append("--quick")
+    for opt in ("out", "workers", "threads", "seeds", "data_dir", "device"):
+        v = getattr(args, opt, None)
+        if v is not None and not (opt == "device" and v == "cpu"):
+            parts += [f"--{opt.replace('_', '-')}", str(v)]
+    if getattr(args, "tiny", False):
+        parts.append("--tiny")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _lock(out: Path):
+    """An exclusive lock on ``out/.lock`` held for the life of the process (two sweeps writing one
+    store would run the same runs twice); False when another process holds it, None where fcntl
+    does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        return None
+    f = open(out / ".lock", "a+")  # noqa: SIM115 - kept open on purpose: closing releases the lock
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return False
+    _held_locks.append(f)
+    return f
+
+
+_held_locks: list = []
+
+
+def reproduce_command(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    try:
+        study = get_study(args.study)
+    except ValueError as e:
+        print(f"reltrust reproduce: {e}", file=sys.stderr)
+        return 2
+    quick = bool(getattr(args, "quick", False))
+    tiny = bool(getattr(args, "tiny", False))
+    out = Path(args.out or f"runs/{args.study}{'-tiny' if tiny else '-quick' if quick else ''}")
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = None if getattr(args, "seeds", None) is None else list(range(int(args.seeds)))
+    specs = study.grid(quick, seeds=seeds, tiny=tiny)
+    device = getattr(args, "device", "cpu") or "cpu"
+    if device != "cpu":
+        from reltrust.workbench.train import resolve_device
+
+        try:
+            device = str(resolve_device(device))
+        except RuntimeError as e:
+            print(f"reltrust reproduce: {e}", file=sys.stderr)
+            return 2
+    progress = not getattr(args, "no_progress", False) and sys.stderr.isatty()
+    command = _command_line(args)
+    interrupted = False
+    lock = _lock(out)
+    if lock is False:
+        print(f"reltrust reproduce: another reproduce is running in {out} (lock {out / '.lock'})", file=sys.stderr)
+        return 2
+    with Store(out / "results.sqlite") as store:
+        todo = store.pending(specs)
+        print(f"{args.study}: {len(specs)} runs in the grid, {len(specs) - len(todo)} already in {out / 'results.sqlite'}",
+              flush=True)
+        if not getattr(args, "report_only", False) and todo:
+            try:
+                summary = run_sweep(specs, store, workers=args.workers, threads=args.threads, device=device,
+                                    data_dir=args.data_dir, progress=progress)
+                print(summary.line(), flush=True)
+            except KeyboardInterrupt:
+                interrupted = True
+                print("interrupted: finished runs are kept; rerun the same command to resume", file=sys.stderr)
+        records = store.records(specs=specs)
+        store.export_csv(out / "results.csv", records)
+        store.export_json(out / "results.json", records)
+        report = study.analyse(store, out, specs=specs, command=command)
+    if lock:
+        _held_locks.remove(lock)
+        lock.close()
+    crashed = sum(r.status == "crashed" for r in records)
+    missing = len(specs) - len(records)
+    print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {report}")
+    print(f"{len(records)}/{len(specs)} runs recorded ({crashed} crashed, {missing} not run); "
+          f"total {time.perf_counter() - t0:.1f} s")
+    if interrupted:
+        return 130
+    return 1 if crashed or missing else 0
+
+
+# ------------------------------------------------------------------------------------ reltrust run
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `run` beyond study/--quick/--out (called from `reltrust.cli`)."""
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--index", type=int, help="position of the run in the study's grid (see --list)")
+    which.add_argument("--key", help="the run's key, or a unique prefix of it (see --list)")
+    which.add_argument("--list", action="store_true", help="list the grid: index, key, status in --out, label")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1), as given to reproduce")
+    p.add_argument("--parallel", choices=["fsdp", "ddp", "none"], default=None,
+                   help="data parallelism over the torchrun ranks (default: fsdp under torchrun with "
+                        "more than one rank, else none)")
+    p.add_argument("--data-dir", default=None, help="folder with dataset files (see reltrust.workbench.data)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (each rank takes cuda:LOCAL_RANK)")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+
+
+def _select(specs: list, args: argparse.Namespace):
+    if args.index is not None:
+        if not 0 <= args.index < len(specs):
+            raise ValueError(f"--index must be in [0, {len(specs) - 1}] for this grid, got {args.index}")
+        return specs[args.index]
+    found = {s.key: s for s in specs if s.key.startswith(args.key)}
+    if len(found) != 1:
+        raise ValueError(f"--key {args.key!r} matches {len(found)} runs of this grid; see --list")
+    return next(iter(found.values()))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """One run of a study's grid, recorded in the study's store so that `reproduce` skips it.
+
+    Under ``torchrun --nproc-per-node N -m reltrust run …`` every rank trains its slice of each
+    minibatch (FSDP2 or DDP, see `reltrust.workbench.train.fit`) and rank 0 records the result."""
+    import os
+
+    try:
+        study = get_study(args.study)
+    except ValueError as e:
+        print(f"reltrust run: {e}", file=sys.stderr)
+        return 2
+    quick, tiny = bool(args.quick), bool(getattr(args, "tiny", False))
+    out = Path(args.out or f"runs/{args.study}{'-tiny' if tiny else '-quick' if quick else ''}")
+    seeds = None if args.seeds is None else list(range(int(args.seeds)))
+    specs = study.grid(quick, seeds=seeds, tiny=tiny)
+    if args.list:
+        statuses = {}
+        if (out / "results.sqlite").exists():
+            with Store(out / "results.sqlite") as store:
+                statuses = store.statuses()
+        for i, s in enumerate(specs):
+            print(f"{i:4d}  {s.key[:12]}  {statuses.get(s.key, 'pending'):8s}  {s.label()}")
+        return 0
+    try:
+        spec = _select(specs, args)
+    except ValueError as e:
+        print(f"reltrust run: {e}", file=sys.stderr)
+        return 2
+
+    from reltrust.distributed import destroy_distributed, init_distributed, launched_by_torchrun
+    from reltrust.workbench.train import fit
+
+    parallel = args.parallel
+    if parallel is None:
+        parallel = "fsdp" if launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1 else "none"
+    parallel = None if parallel == "none" else parallel
+    rank, device = 0, args.device
+    if parallel is not None:
+        env = init_distributed(args.device)
+        rank, device = env.rank, env.device
+    lock = None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = _lock(out)
+        if lock is False:
+            print(f"reltrust run: a reproduce or run is writing {out} (lock {out / '.lock'})", file=sys.stderr)
+            return 2
+        print(f"{spec.label()}  key {spec.key[:12]}  parallel={parallel or 'none'}", flush=True)
+    try:
+        result = fit(spec, device=device, data_dir=args.data_dir, progress=rank == 0 and sys.stderr.isatty(),
+                     parallel=parallel)
+    except Exception:  # noqa: BLE001 - recorded like a sweep's crash, then re-raised for the exit status
+        if rank == 0:
+            import traceback
+
+            from reltrust.workbench.train import RunResult
+
+            with Store(out / "results.sqlite") as store:
+                store.record(RunResult(spec=spec, status="crashed", error=traceback.format_exc(),
+                                       info={"device": str(device), "parallel": parallel}))
+        raise
+    finally:
+        if parallel is not None:
+            destroy_distributed()
+    if rank == 0:
+        with Store(out / "results.sqlite") as store:
+            store.record(result)
+        if lock:
+            _held_locks.remove(lock)
+            lock.close()
+        f = result.final
+        print(f"{result.status}: train_acc {f.get('train_acc')}, train_loss {f.get('train_loss')}, "
+              f"{result.info.get('wall_seconds', 0):.1f} s on {result.info.get('world_size')} rank(s); "
+              f"recorded in {out / 'results.sqlite'}")
+    return 0

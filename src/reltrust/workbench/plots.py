@@ -1,0 +1,184 @@
+"""Figures for the studies, drawn with matplotlib's Agg canvas (no display, no pyplot global state).
+
+- `curves`: y against x (e.g. train accuracy per epoch), one line per label with a band over seeds.
+- `metric_vs`: a final metric against a swept quantity (depth), one line per label, band over seeds,
+  an optional horizontal reference (chance level) and markers for diverged/crashed points.
+- `lr_sensitivity`: a final metric against the learning rate (log axis), one panel per optimiser.
+
+A band is min–max over seeds (``band="minmax"``, default) or mean ± one standard deviation (``"std"``);
+the line is the mean. With one seed there is no band, and the figure's caption should say so. Every
+function writes a PNG atomically (temporary file, then `os.replace`) and returns its path.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+# One colour per optimiser name, stable across figures; others take the default cycle.
+COLORS = {"fromage": "#1b9e77", "sgd": "#d95f02", "adam": "#7570b3", "adamw": "#e7298a", "lars": "#66a61e",
+          "lamb": "#e6ab02", "radam": "#a6761d", "nadam": "#666666"}
+
+
+def band(values: Sequence[Sequence[float]], kind: str = "minmax") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, low, high) over the first axis of ragged rows (shorter rows padded with NaN; NaNs ignored)."""
+    if kind not in ("minmax", "std"):
+        raise ValueError(f"band kind must be 'minmax' or 'std', got {kind!r}")
+    width = max((len(v) for v in values), default=0)
+    a = np.full((len(values), width), np.nan)
+    for i, v in enumerate(values):
+        a[i, : len(v)] = [np.nan if x is None else float(x) for x in v]
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(a, axis=0)
+            if kind == "minmax":
+                lo, hi = np.nanmin(a, axis=0), np.nanmax(a, axis=0)
+            else:
+                sd = np.nanstd(a, axis=0)
+                lo, hi = mean - sd, mean + sd
+    return mean, lo, hi
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _color(label: str, i: int) -> str:
+    key = label.split(" ")[0].lower()
+    return COLORS.get(key, f"C{i % 10}")
+
+
+def _grid(n: int, ncols: int | None = None, size=(4.2, 3.3)) -> tuple[Figure, list]:
+    ncols = ncols or min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
+    axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(n)]
+    return fig, axes
+
+
+def _draw_series(ax, xs, runs, label, i, band_kind, marker="o"):
+    mean, lo, hi = band(runs, band_kind)
+    xs = np.asarray(xs[: len(mean)], dtype=float)
+    c = _color(label, i)
+    ax.plot(xs, mean[: len(xs)], marker=marker, ms=3, color=c, label=label)
+    if len(runs) > 1:
+        ax.fill_between(xs, lo[: len(xs)], hi[: len(xs)], color=c, alpha=0.2, linewidth=0)
+
+
+def curves(
+    panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[Sequence[float]]]]],
+    path: str | os.PathLike,
+    *,
+    xlabel: str,
+    ylabel: str,
+    band_kind: str = "minmax",
+    logy: bool = False,
+    hline: float | None = None,
+    hline_label: str = "chance",
+    suptitle: str | None = None,
+    ncols: int | None = None,
+    logy_panels: Sequence[str] = (),
+    ylim: tuple[float, float] | None = None,
+) -> Path:
+    """`panels`: panel title → {line label → (xs, [ys per seed])}; `logy_panels`: titles drawn log-y."""
+    fig, axes = _grid(len(panels), ncols)
+    for ax, (title, lines) in zip(axes, panels.items()):
+        for i, (label, (xs, runs)) in enumerate(lines.items()):
+            _draw_series(ax, list(xs), runs, label, i, band_kind, marker=".")
+        if hline is not None:
+            ax.axhline(hline, color="grey", ls=":", lw=1, label=hline_label)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if logy or title in logy_panels:
+            ax.set_yscale("log")
+        elif ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return _save(fig, path)
+
+
+def metric_vs(
+    panels: Mapping[str, Mapping[str, Mapping[float, Sequence[float]]]],
+    path: str | os.PathLike,
+    *,
+    xlabel: str,
+    ylabel: str,
+    band_kind: str = "minmax",
+    hline: float | None = None,
+    hline_label: str = "chance",
+    failed: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+    logx: bool = False,
+    ylim: tuple[float, float] | None = None,
+    suptitle: str | None = None,
+) -> Path:
+    """`panels`: panel title → {line label → {x → [value per seed]}}. `failed`: panel → {label → xs}
+    at which every run of that point diverged or crashed (drawn as crosses on the x axis)."""
+    fig, axes = _grid(len(panels))
+    for ax, (title, lines) in zip(axes, panels.items()):
+        for i, (label, points) in enumerate(lines.items()):
+            xs = sorted(points)
+            if not xs:
+                continue
+            runs_by_seed = _transpose([points[x] for x in xs])
+            _draw_series(ax, xs, runs_by_seed, label, i, band_kind)
+            for x in (failed or {}).get(title, {}).get(label, []):
+                ax.plot([x], [0 if ylim is None else ylim[0]], marker="x", color=_color(label, i), ms=7, clip_on=False)
+        if hline is not None:
+            ax.axhline(hline, color="grey", ls=":", lw=1, label=hline_label)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if logx:
+            ax.set_xscale("log")
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return _save(fig, path)
+
+
+def _transpose(per_x: list[Sequence[float]]) -> list[list[float]]:
+    """[values at x0 per seed, values at x1 per seed, …] → per seed rows over x (NaN where missing)."""
+    n = max((len(v) for v in per_x), default=0)
+    return [[(v[s] if s < len(v) else np.nan) for v in per_x] for s in range(n)]
+
+
+def lr_sensitivity(
+    panels: Mapping[str, Mapping[str, Mapping[float, Sequence[float]]]],
+    path: str | os.PathLike,
+    *,
+    ylabel: str,
+    band_kind: str = "minmax",
+    hline: float | None = None,
+    suptitle: str | None = None,
+) -> Path:
+    """`panels`: optimiser → {line label (e.g. "depth 10") → {lr → [value per seed]}}; log-x."""
+    return metric_vs(panels, path, xlabel="learning rate", ylabel=ylabel, band_kind=band_kind, hline=hline,
+                     logx=True, ylim=(0.0, 1.02) if "acc" in ylabel else None, suptitle=suptitle)

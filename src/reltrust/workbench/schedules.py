@@ -1,0 +1,91 @@
+"""Learning-rate schedules as closed-form factors, wrapped in `torch.optim.lr_scheduler.LambdaLR`.
+
+The learning rate at schedule time t (t = 0, 1, 2, … counts epochs or optimiser steps, as the spec's
+`schedule_interval` says) is ``lr · factor(t)``:
+
+| schedule        | factor(t)                                          | kwargs (defaults)              |
+|-----------------|----------------------------------------------------|--------------------------------|
+| `constant`      | 1                                                  |                                |
+| `step`          | gamma ** (t // step_size)                          | step_size (1), gamma (0.1)     |
+| `exponential`   | gamma ** t  (the depth study: gamma = 0.95/epoch)  | gamma (0.95)                   |
+| `robbins_monro` | b / (b + t), i.e. lr_t = a/(b + t) with a = lr · b | b (1.0)                        |
+| `warmup`        | constant after the warmup below                    | warmup (required, > 0)         |
+| `cosine`        | m + (1 − m) · (1 + cos(π · t / T)) / 2             | min_factor m (0), T = total    |
+
+Every schedule also takes `warmup` (default 0): for t < warmup the factor is (t + 1) / warmup (linear,
+never exactly 0), after which the schedule above runs on the shifted time t − warmup (for cosine, over
+the remaining T − warmup units). T is the number of units in the run (epochs, or epochs × steps per
+epoch) unless `total` is given.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import torch
+
+from reltrust.workbench.spec import SCHEDULES
+
+_ALLOWED = {
+    "constant": set(),
+    "step": {"step_size", "gamma"},
+    "exponential": {"gamma"},
+    "robbins_monro": {"b"},
+    "warmup": set(),
+    "cosine": {"min_factor", "total"},
+}
+
+
+def lr_factor(schedule: str, t: int, total: int, **kwargs: Any) -> float:
+    """The multiplier of the base learning rate at schedule time `t` (pure function; see module doc)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    unknown = set(kwargs) - _ALLOWED[schedule] - {"warmup"}
+    if unknown:
+        raise ValueError(f"schedule {schedule!r}: unknown arguments {sorted(unknown)}")
+    warmup = int(kwargs.get("warmup", 0))
+    if warmup < 0 or (schedule == "warmup" and warmup < 1):
+        raise ValueError(f"schedule {schedule!r}: warmup must be >= 1 (got {warmup})")
+    if t < warmup:
+        return (t + 1) / warmup
+    s = t - warmup
+    if schedule in ("constant", "warmup"):
+        return 1.0
+    if schedule == "step":
+        step_size = int(kwargs.get("step_size", 1))
+        if step_size < 1:
+            raise ValueError("schedule 'step': step_size must be >= 1")
+        return float(kwargs.get("gamma", 0.1)) ** (s // step_size)
+    if schedule == "exponential":
+        return float(kwargs.get("gamma", 0.95)) ** s
+    if schedule == "robbins_monro":
+        b = float(kwargs.get("b", 1.0))
+        if b <= 0:
+            raise ValueError("schedule 'robbins_monro': b must be > 0")
+        return b / (b + s)
+    # cosine
+    m = float(kwargs.get("min_factor", 0.0))
+    span = int(kwargs.get("total", total)) - warmup
+    if span <= 0:
+        return 1.0
+    s = min(s, span)
+    return m + (1.0 - m) * (1.0 + math.cos(math.pi * s / span)) / 2.0
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, total: int, **kwargs: Any
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A `LambdaLR` whose factor at its step count t is `lr_factor(schedule, t, total, **kwargs)`.
+
+    Call `scheduler.step()` once per unit (epoch or optimiser step). The factor function is validated
+    here, so a bad argument fails before training starts.
+    """
+    lr_factor(schedule, 0, total, **kwargs)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, functools.partial(_factor_at, schedule, total, tuple(sorted(kwargs.items())))
+    )
+
+
+def _factor_at(schedule: str, total: int, items: tuple, t: int) -> float:
+    return lr_factor(schedule, t, total, **dict(items))

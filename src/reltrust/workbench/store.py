@@ -1,0 +1,294 @@
+"""The results store: one SQLite file (stdlib `sqlite3`, WAL journal) that holds every run.
+
+Tables
+  ``runs``    one row per run, keyed by `RunSpec.key`: the spec (columns for the common fields and the
+              full spec as JSON), status (ok / diverged / crashed), the error text of a crash, the final
+              metrics (JSON), the probe results (JSON), where it ran (JSON), and when it was recorded.
+  ``epochs``  one row per (run, evaluated epoch): the per-epoch metrics as JSON.
+
+One writer: the process that owns the `Store` (the runner's parent process); workers return results to
+it. Each `record` is one transaction, so a sweep that is killed leaves every run it finished intact and
+nothing half-written; `pending(specs)` then returns exactly the runs still to do. Crashed runs are
+retried by `pending` unless ``retry_crashed=False`` (a crash says nothing about the optimiser; a
+diverged run is a finished result and is never redone).
+
+Numbers that are not finite (a diverged loss) are kept as JSON ``NaN``/``Infinity`` inside the store,
+written as ``nan``/``inf`` in CSV and as ``null`` in the strict JSON export.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import math
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from reltrust.workbench.spec import RunSpec
+from reltrust.workbench.train import RunResult
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    key        TEXT PRIMARY KEY,
+    study      TEXT NOT NULL,
+    dataset    TEXT NOT NULL,
+    model      TEXT NOT NULL,
+    optimizer  TEXT NOT NULL,
+    lr         REAL NOT NULL,
+    seed       INTEGER NOT NULL,
+    spec       TEXT NOT NULL,
+    status     TEXT NOT NULL CHECK (status IN ('ok', 'diverged', 'crashed')),
+    error      TEXT,
+    final      TEXT NOT NULL,
+    probes     TEXT NOT NULL,
+    info       TEXT NOT NULL,
+    recorded   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_study ON runs (study);
+CREATE TABLE IF NOT EXISTS epochs (
+    key     TEXT NOT NULL REFERENCES runs (key) ON DELETE CASCADE,
+    epoch   INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    PRIMARY KEY (key, epoch)
+);
+"""
+
+FINISHED = ("ok", "diverged")
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, allow_nan=True)
+
+
+def _strict(obj: Any) -> Any:
+    """Replace non-finite floats by None (strict JSON)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
+
+
+def _last_line(text: str | None) -> str | None:
+    """The last non-empty line of a traceback: the exception and its message."""
+    lines = [ln for ln in (text or "").strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else None
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to a temporary file beside `path`, fsync it, then `os.replace` it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+class Record:
+    """One stored run, as read back: `spec`, `status`, `error`, `final`, `history`, `probes`, `info`."""
+
+    __slots__ = ("key", "spec", "status", "error", "final", "history", "probes", "info", "recorded")
+
+    def __init__(self, key, spec, status, error, final, history, probes, info, recorded):
+        self.key, self.spec, self.status, self.error = key, spec, status, error
+        self.final, self.history, self.probes, self.info, self.recorded = final, history, probes, info, recorded
+
+    def __repr__(self) -> str:
+        return f"Record({self.spec.label()}, status={self.status!r})"
+
+
+class Store:
+    """A results store in the SQLite file `path` (created, with its folder, if missing)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- writing -----------------------------------------------------------------------------------
+    def record(self, result: RunResult) -> None:
+        """Insert or replace one run and its epochs, in one transaction."""
+        spec = result.spec
+        key = spec.key
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM epochs WHERE key = ?", (key,))
+            db.execute("DELETE FROM runs WHERE key = ?", (key,))
+            db.execute(
+                "INSERT INTO runs (key, study, dataset, model, optimizer, lr, seed, spec, status, error,"
+                " final, probes, info, recorded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key, spec.study, spec.dataset, spec.model, spec.optimizer, spec.lr, spec.seed,
+                    _dumps(spec.to_dict()), result.status, result.error, _dumps(result.final),
+                    _dumps(result.probes), _dumps(result.info), now,
+                ),
+            )
+            db.executemany(
+                "INSERT INTO epochs (key, epoch, metrics) VALUES (?, ?, ?)",
+                [(key, int(h["epoch"]), _dumps(h)) for h in result.history],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # ---- reading -----------------------------------------------------------------------------------
+    def statuses(self) -> dict[str, str]:
+        """key → status of every stored run."""
+        return dict(self._db.execute("SELECT key, status FROM runs").fetchall())
+
+    def pending(self, specs: Iterable[RunSpec], *, retry_crashed: bool = True) -> list[RunSpec]:
+        """The specs (in their order, duplicates dropped) whose run is not finished in this store."""
+        done = self.statuses()
+        keep = FINISHED if retry_crashed else FINISHED + ("crashed",)
+        out, seen = [], set()
+        for s in specs:
+            k = s.key
+            if k in seen:
+                continue
+            seen.add(k)
+            if done.get(k) not in keep:
+                out.append(s)
+        return out
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+
+    def __contains__(self, spec: RunSpec) -> bool:
+        return self._db.execute("SELECT 1 FROM runs WHERE key = ?", (spec.key,)).fetchone() is not None
+
+    def get(self, spec_or_key: RunSpec | str) -> Record | None:
+        key = spec_or_key.key if isinstance(spec_or_key, RunSpec) else spec_or_key
+        recs = self._fetch("WHERE key = ?", (key,))
+        return recs[0] if recs else None
+
+    def records(self, *, study: str | None = None, specs: Iterable[RunSpec] | None = None) -> list[Record]:
+        """Stored runs (all, one study's, or those of `specs` that are stored), in a stable order."""
+        if specs is not None:
+            wanted = [s.key for s in specs]
+            by_key = {r.key: r for r in self._fetch("", ())} if wanted else {}
+            recs, seen = [], set()
+            for k in wanted:
+                if k in by_key and k not in seen:
+                    seen.add(k)
+                    recs.append(by_key[k])
+            return [r for r in recs if study is None or r.spec.study == study]
+        if study is not None:
+            return self._fetch("WHERE study = ?", (study,))
+        return self._fetch("", ())
+
+    def _fetch(self, where: str, params: tuple) -> list[Record]:
+        rows = self._db.execute(
+            f"SELECT key, spec, status, error, final, probes, info, recorded FROM runs {where}"
+            " ORDER BY study, dataset, model, optimizer, lr, seed, key",
+            params,
+        ).fetchall()
+        out = []
+        for key, spec, status, error, final, probes, info, recorded in rows:
+            hist = [
+                json.loads(m)
+                for (m,) in self._db.execute("SELECT metrics FROM epochs WHERE key = ? ORDER BY epoch", (key,))
+            ]
+            out.append(
+                Record(key, RunSpec.from_dict(json.loads(spec)), status, error, json.loads(final), hist,
+                       json.loads(probes), json.loads(info), recorded)
+            )
+        return out
+
+    # ---- export ------------------------------------------------------------------------------------
+    CSV_COLUMNS = (
+        "key", "study", "problem", "model", "optimizer", "lr", "seed", "epochs", "batch_size",
+        "weight_decay", "schedule", "status", "diverged", "train_acc", "train_loss", "train_acc_running", "val_acc", "val_loss",
+        "test_acc", "test_loss", "epochs_run", "steps", "model_kwargs", "optimizer_kwargs",
+        "schedule_kwargs", "wall_seconds", "device", "threads", "error",
+    )
+
+    def export_csv(self, path: str | os.PathLike, records: Sequence[Record] | None = None,
+                   extra_columns: dict[str, Any] | None = None) -> Path:
+        """One row per run (final metrics; model kwargs also as their own columns, e.g. ``depth``).
+
+        ``problem`` is the spec's dataset; ``train_acc``/``train_loss`` are measured in eval mode over the
+        whole training split, ``train_acc_running`` is the mean minibatch accuracy during the last epoch
+        (the paper's depth-study metric); ``diverged`` is True/False; ``error`` is the last line of a
+        crash's traceback (the full text is in the store and the JSON export).
+
+        `extra_columns`: name → function(record) for study-specific columns. Written atomically.
+        """
+        recs = self.records() if records is None else list(records)
+        mk_names = sorted({k for r in recs for k in r.spec.kwargs("model")})
+        extra_columns = dict(extra_columns or {})
+        cols = list(self.CSV_COLUMNS[:11]) + [k for k in mk_names if k not in self.CSV_COLUMNS]
+        cols += [c for c in extra_columns if c not in cols] + list(self.CSV_COLUMNS[11:])
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        for r in recs:
+            s, f = r.spec, r.final
+            row: dict[str, Any] = {
+                "key": r.key, "study": s.study, "problem": s.dataset, "model": s.model, "optimizer": s.optimizer,
+                "lr": s.lr, "seed": s.seed, "epochs": s.epochs, "batch_size": s.batch_size,
+                "weight_decay": s.weight_decay, "schedule": s.schedule, "status": r.status,
+                "diverged": r.status == "diverged",
+                "model_kwargs": json.dumps(s.kwargs("model"), sort_keys=True),
+                "optimizer_kwargs": json.dumps(s.kwargs("optimizer"), sort_keys=True),
+                "schedule_kwargs": json.dumps(s.kwargs("schedule"), sort_keys=True),
+                "wall_seconds": r.info.get("wall_seconds"), "device": r.info.get("device"),
+                "threads": r.info.get("threads"), "error": _last_line(r.error),
+            }
+            for m in ("train_acc", "train_loss", "train_acc_running", "val_acc", "val_loss", "test_acc", "test_loss",
+                      "epochs_run", "steps"):
+                row[m] = f.get(m)
+            for k, v in s.kwargs("model").items():
+                if k in cols:
+                    row[k] = v
+            for name, fn in extra_columns.items():
+                row[name] = fn(r)
+            w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        return atomic_write_text(path, buf.getvalue())
+
+    def export_json(self, path: str | os.PathLike, records: Sequence[Record] | None = None) -> Path:
+        """Every run in full (spec, status, error, final, per-epoch history, probes, info); strict JSON."""
+        recs = self.records() if records is None else list(records)
+        data = [
+            {
+                "key": r.key, "spec": r.spec.to_dict(), "status": r.status, "error": r.error, "final": r.final,
+                "history": r.history, "probes": r.probes, "info": r.info, "recorded": r.recorded,
+            }
+            for r in recs
+        ]
+        text = json.dumps(_strict(data), indent=1, sort_keys=True, allow_nan=False)
+        return atomic_write_text(path, text + "\n")

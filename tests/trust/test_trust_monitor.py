@@ -1,0 +1,279 @@
+"""TrustMonitor: exact relative updates against float64 references, spectra, exports, no side effects."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reltrust.trust import TrustMonitor
+from reltrust.trust.monitor import top_singular_value
+
+
+def train(model, opt, batch, steps, record=None, grads=None):
+    """Plain training steps; `record` collects (before, after) float64 copies of the weights and
+    `grads` float64 copies of the gradients."""
+    x, y = batch
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        before = {n: p.detach().double().clone() for n, p in model.named_parameters()}
+        if grads is not None:
+            grads.append({n: p.grad.double().clone() for n, p in model.named_parameters()})
+        opt.step()
+        losses.append(float(loss.detach()))
+        if record is not None:
+            after = {n: p.detach().double().clone() for n, p in model.named_parameters()}
+            record.append((before, after))
+    return losses
+
+
+def reference(record, names):
+    """float64 by hand: ‖ΔW‖/‖W‖, ‖ΔW‖, ‖W‖ (before the step) per step and layer."""
+    rel, dn, nrm = [], [], []
+    for before, after in record:
+        rel.append([float((after[n] - before[n]).norm() / before[n].norm()) for n in names])
+        dn.append([float((after[n] - before[n]).norm()) for n in names])
+        nrm.append([float(before[n].norm()) for n in names])
+    return np.array(rel), np.array(dn), np.array(nrm)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 2e-6), (torch.float64, 1e-12)])
+def test_plain_sgd_relative_update_is_exact(mlp, batch, dtype, rtol):
+    model = mlp(3, dtype=dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = TrustMonitor(opt, model, every=0)
+    record, record_grads = [], []
+    train(model, opt, batch(dtype=dtype), 5, record, record_grads)
+    assert mon.layers == ["0.weight", "2.weight", "4.weight"]
+    assert mon.steps == [1, 2, 3, 4, 5]
+    rel, dn, nrm = reference(record, mon.layers)
+    np.testing.assert_allclose(mon.relative_update.numpy(), rel, rtol=rtol)
+    np.testing.assert_allclose(mon.update_norm.numpy(), dn, rtol=rtol)
+    np.testing.assert_allclose(mon.norm.numpy(), nrm, rtol=rtol)
+    # and for plain SGD ΔW = −lr·g, so ‖ΔW‖/‖W‖ = lr·‖g‖/‖W‖: a second reference from the gradients
+    by_grad = [[0.1 * float(grads[n].norm() / before[n].norm()) for n in mon.layers]
+               for (before, _), grads in zip(record, record_grads)]
+    np.testing.assert_allclose(mon.relative_update.numpy(), by_grad, rtol=max(rtol, 1e-6 if dtype == torch.float32 else 1e-12))
+
+
+def test_momentum_weight_decay_and_adam(mlp, batch):
+    for make_opt in (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-2),
+                     lambda p: torch.optim.AdamW(p, lr=1e-2)):
+        model = mlp(3, dtype=torch.float64)
+        opt = make_opt(model.parameters())
+        record = []
+        with TrustMonitor(opt, model, every=0) as mon:
+            train(model, opt, batch(dtype=torch.float64), 4, record)
+        rel, _, _ = reference(record, mon.layers)
+        np.testing.assert_allclose(mon.relative_update.numpy(), rel, rtol=1e-12)
+
+
+def test_detach_and_context_manager_stop_recording(mlp, batch):
+    model = mlp(2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with TrustMonitor(opt, model) as mon:
+        assert mon.attached
+        train(model, opt, batch(), 3)
+    assert not mon.attached
+    train(model, opt, batch(), 2)
+    assert len(mon) == 3 and mon.relative_update.shape == (3, 2)
+    mon.detach()  # idempotent
+    mon.attach()
+    mon.attach()  # idempotent: hooks registered once
+    record = []
+    train(model, opt, batch(), 2, record)
+    assert mon.steps == [1, 2, 3, 4, 5]
+    rel, _, _ = reference(record, mon.layers)
+    np.testing.assert_allclose(mon.relative_update[3:].numpy(), rel, rtol=2e-6)
+
+
+def test_monitor_does_not_change_training(mlp, batch):
+    """Same seed, with and without the monitor: bit-identical losses and weights."""
+    runs = []
+    for attach in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 32), nn.Dropout(0.2), nn.ReLU(), nn.Linear(32, 4))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        mon = TrustMonitor(opt, model, every=1) if attach else None
+        losses = train(model, opt, batch(), 6)
+        runs.append((losses, [p.detach().clone() for p in model.parameters()]))
+        if mon:
+            mon.detach()
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
+def test_flushing_in_batches_gives_the_same_numbers(mlp, batch):
+    results = []
+    for flush in (1, 3, 1000):
+        model = mlp(3)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        mon = TrustMonitor(opt, model, every=2, flush_every=flush)
+        train(model, opt, batch(), 7)
+        results.append((mon.relative_update, mon.norm, mon.top_singular_value))
+    for r in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], r))
+
+
+def test_top_singular_value_exact_and_lanczos(mlp, batch):
+    model = mlp(3, width=24)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    exact = TrustMonitor(opt, model, every=3, spectral="exact")
+    lanczos = TrustMonitor(opt, model, every=3)
+    truth = []
+    x, y = batch()
+    for step in range(1, 11):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        if step == 1 or step % 3 == 0:
+            truth.append([float(np.linalg.svd(p.detach().double().numpy(), compute_uv=False)[0])
+                          for n, p in model.named_parameters() if p.ndim >= 2])
+    truth = np.array(truth)
+    assert exact.spectral_steps == lanczos.spectral_steps == [1, 3, 6, 9]
+    np.testing.assert_allclose(exact.top_singular_value.numpy(), truth, rtol=1e-5)
+    est = lanczos.top_singular_value.numpy()
+    assert np.all(est <= truth * (1 + 1e-5))  # a Ritz value: σ_1 from below
+    np.testing.assert_allclose(est, truth, rtol=1e-4)
+
+
+def test_layer_selection_and_names(mlp):
+    model = mlp(3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert TrustMonitor(opt, model, include_biases=True).layers == [
+        "0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+    assert TrustMonitor(opt, model, exclude=r"^4\.").layers == ["0.weight", "2.weight"]
+    assert TrustMonitor(opt).layers == ["group0.param0", "group0.param2", "group0.param4"]
+    named = torch.optim.SGD(model.named_parameters(), lr=0.1)  # torch >= 2.6 keeps param_names
+    if "param_names" in named.param_groups[0]:
+        assert TrustMonitor(named).layers == ["0.weight", "2.weight", "4.weight"]
+
+
+def test_exports(mlp, batch, tmp_path):
+    model = mlp(2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with TrustMonitor(opt, model, every=2) as mon:
+        train(model, opt, batch(), 4)
+    rel, nrm, sv = mon.relative_update, mon.norm, mon.top_singular_value
+
+    mon.to_csv(tmp_path / "m.csv")
+    with open(tmp_path / "m.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 * 2
+    assert rows[0].keys() == {"step", "layer", "norm", "update_norm", "relative_update", "top_singular_value"}
+    for r in rows:
+        i, j = int(r["step"]) - 1, mon.layers.index(r["layer"])
+        assert float(r["relative_update"]) == rel[i, j].item()
+        assert float(r["norm"]) == nrm[i, j].item()
+        if int(r["step"]) in mon.spectral_steps:
+            assert float(r["top_singular_value"]) == sv[mon.spectral_steps.index(int(r["step"])), j].item()
+        else:
+            assert r["top_singular_value"] == ""
+
+    mon.to_json(tmp_path / "m.json")
+    d = json.loads((tmp_path / "m.json").read_text())
+    assert d["layers"] == mon.layers and d["steps"] == [1, 2, 3, 4] and d["spectral_steps"] == [1, 2, 4]
+    np.testing.assert_array_equal(np.array(d["relative_update"]), rel.numpy())
+
+    class FakeWriter:
+        def __init__(self):
+            self.scalars = []
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, value, step))
+
+    w = FakeWriter()
+    mon.to_tensorboard(w)
+    assert ("trust/relative_update/0.weight", rel[2, 0].item(), 3) in w.scalars
+    assert ("trust/top_singular_value/2.weight", sv[2, 1].item(), 4) in w.scalars
+    assert len(w.scalars) == 4 * 2 * 2 + 3 * 2
+
+
+def test_tensorboard_log_dir(mlp, batch, tmp_path):
+    pytest.importorskip("tensorboard")
+    model = mlp(2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with TrustMonitor(opt, model) as mon:
+        train(model, opt, batch(), 2)
+    mon.to_tensorboard(tmp_path / "tb")
+    assert any((tmp_path / "tb").iterdir())
+
+
+def test_zero_norm_layer_gives_inf_and_json_null():
+    model = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with TrustMonitor(opt, model, every=0) as mon:
+        opt.zero_grad()
+        model(torch.ones(4, 3)).sum().backward()
+        opt.step()
+    assert math.isinf(mon.relative_update[0, 0].item())
+    assert mon.to_dict()["relative_update"] == [[None]]
+
+
+def test_argument_validation(mlp):
+    model = mlp(2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+        TrustMonitor(model)
+    for kwargs, msg in [({"every": -1}, "every must be an integer >= 0"),
+                        ({"lanczos_steps": 0}, "lanczos_steps must be an integer >= 1"),
+                        ({"flush_every": 0}, "flush_every must be an integer >= 1"),
+                        ({"spectral": "power"}, "spectral must be one of"),
+                        ({"include": "nothing"}, "no layers selected")]:
+        with pytest.raises(ValueError, match=msg):
+            TrustMonitor(opt, model, **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(40, 30), (7, 60), (50, 3), (1, 9)])
+def test_lanczos_top_singular_value(shape):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(shape, generator=g, dtype=torch.float64)
+    w[0] *= 3  # a clear top singular value
+    truth = float(np.linalg.svd(w.numpy(), compute_uv=False)[0])
+    v0 = torch.randn(shape[1], generator=g, dtype=torch.float64)
+    for steps in (1, 3, 10, 100):
+        sigma, v = top_singular_value(w, v0, steps)
+        assert float(sigma) <= truth * (1 + 1e-12)  # never above σ_1
+        assert float(v.norm()) == pytest.approx(1.0, rel=1e-12)
+    assert float(sigma) == pytest.approx(truth, rel=1e-10)  # a full Krylov space is exact
+    # warm start from the returned vector: already converged
+    assert float(top_singular_value(w, v, 2)[0]) == pytest.approx(truth, rel=1e-10)
+    assert float(top_singular_value(torch.zeros(shape, dtype=torch.float64), v0, 5)[0]) == 0.0
+
+
+@pytest.mark.parametrize("lr", [0.01, 0.1, 0.5])
+def test_fromage_step_as_the_monitor_reports(mlp, batch, lr):
+    """A real Fromage step of lr η: W_new = c·(W − η‖W‖ĝ) with c = 1/√(1+η²).
+
+    Its gradient part moves every layer by exactly η/√(1+η²) of ‖W‖; the total relative change that
+    the monitor reports adds the shrink (c − 1)·W, so it is
+        ‖W_new − W‖/‖W‖ = √((1−c)² + (ηc)² + 2(1−c)·ηc·⟨Ŵ, ĝ⟩),
+    which equals η/√(1+η²) up to 1 − c ≤ η²/2 (the paper's eq. 5: ≈ η)."""
+    from reltrust import Fromage
+
+    model = mlp(4, dtype=torch.float64)
+    opt = Fromage(model.parameters(), lr=lr)
+    record, grads = [], []
+    with TrustMonitor(opt, model, every=0, include_biases=True) as mon:
+        train(model, opt, batch(dtype=torch.float64), 3, record, grads)
+    c = 1 / math.sqrt(1 + lr * lr)
+    for s, ((before, after), g) in enumerate(zip(record, grads)):
+        for j, n in enumerate(mon.layers):
+            w, w2, gn = before[n], after[n], g[n]
+            # the lead's statement, exactly: the gradient part has relative size η/√(1+η²)
+            assert float((w2 - c * w).norm() / w.norm()) == pytest.approx(lr * c, rel=1e-12)
+            cos = float((w * gn).sum() / (w.norm() * gn.norm()))
+            closed = math.sqrt((1 - c) ** 2 + (lr * c) ** 2 + 2 * (1 - c) * lr * c * cos)
+            reported = mon.relative_update[s, j].item()
+            assert reported == pytest.approx(closed, rel=1e-10)
+            assert abs(reported - lr * c) <= (1 - c) * (1 + 1e-9)

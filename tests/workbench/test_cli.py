@@ -1,0 +1,127 @@
+"""`reltrust reproduce depth` end to end on the hidden --tiny grid: outputs, resume after a kill,
+worker processes matching in-process runs."""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from reltrust.cli import main
+from reltrust.workbench.runner import run_sweep
+from reltrust.workbench.store import Store
+from reltrust.workbench.studies import depth
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+TINY = ["--tiny", "--threads", "1", "--no-progress"]
+
+
+def _metrics(store_path: Path) -> dict:
+    """key → (status, final, history without wall-clock seconds): what must match between two sweeps."""
+    with Store(store_path) as store:
+        return {r.key: (r.status, r.final, [{k: v for k, v in h.items() if k != "seconds"} for h in r.history])
+                for r in store.records()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    rc = main(["reproduce", "depth", "--out", str(out), "--workers", "0", *TINY])
+    return out, rc
+
+
+def test_outputs_are_written_and_report_numbers_come_from_the_data(reference):
+    out, rc = reference
+    assert rc == 0
+    specs = depth.grid(tiny=True)
+    for name in ("results.sqlite", "results.csv", "results.json", "report.md", "depth_summary.csv",
+                 "depth.png", "lr_sensitivity.png", "curves.png"):
+        assert (out / name).is_file(), name
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == len(specs) and {r["status"] for r in rows} <= {"ok", "diverged"}
+    assert {r["init"] for r in rows} == {"default", "kaiming"} and {r["depth"] for r in rows} == {"1", "3"}
+
+    # The report's headline sentence equals the best-over-lr value computed from results.csv.
+    report = (out / "report.md").read_text()
+    for init in ("default", "kaiming"):
+        best = max(float(r["train_acc"]) for r in rows
+                   if r["init"] == init and r["depth"] == "3" and r["optimizer"] == "fromage")
+        m = re.search(rf"At depth 3 under {init} init, best final train accuracy: Fromage (\d\.\d\d)", report)
+        assert m and float(m.group(1)) == pytest.approx(best, abs=0.006), (m, best)
+    for png in ("depth.png", "lr_sensitivity.png", "curves.png"):
+        assert f"]({png})" in report
+    assert "Command: `reltrust reproduce depth" in report and "seeds 0" in report
+    assert "None: all 36 runs finished" in report
+
+
+def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, reference):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "reltrust", "reproduce", "depth", "--out", str(out), "--workers", "0", *TINY]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": SRC}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    db = out / "results.sqlite"
+    done_before: dict[str, str] = {}
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if db.exists():
+                try:
+                    with sqlite3.connect(db) as con:
+                        rows = con.execute("SELECT key, recorded FROM runs").fetchall()
+                except sqlite3.OperationalError:
+                    rows = []
+                if len(rows) >= 3:
+                    proc.send_signal(signal.SIGKILL)
+                    break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    with sqlite3.connect(db) as con:
+        done_before = dict(con.execute("SELECT key, recorded FROM runs").fetchall())
+    n_specs = len(depth.grid(tiny=True))
+    assert 3 <= len(done_before) < n_specs, "the sweep was not interrupted part-way"
+
+    with Store(db) as store:  # resume (the CLI would do the same, plus the report)
+        summary = run_sweep(depth.grid(tiny=True), store, workers=0, threads=1, progress=False)
+    assert summary.skipped == len(done_before) and summary.ran == n_specs - len(done_before)
+    with sqlite3.connect(db) as con:
+        after = dict(con.execute("SELECT key, recorded FROM runs").fetchall())
+    assert len(after) == n_specs
+    assert {k: after[k] for k in done_before} == done_before  # finished runs were not redone
+    assert _metrics(db) == _metrics(reference[0] / "results.sqlite")  # same store as an uninterrupted sweep
+
+
+def test_worker_processes_reproduce_the_in_process_sweep_bit_for_bit(tmp_path, reference):
+    # Spawned workers (2 × 1 thread) on part of the grid, plus a crash inside a worker process.
+    specs = depth.grid(tiny=True)[::9]
+    broken = specs[0].replace(model_kwargs={**specs[0].kwargs("model"), "init": "no-such-init"})
+    with Store(tmp_path / "pool.sqlite") as store:
+        summary = run_sweep([*specs, broken], store, workers=2, threads=1, progress=False)
+        assert (summary.workers, summary.threads, summary.ok + summary.diverged, summary.crashed) == (2, 1, len(specs), 1)
+        assert {r.info["threads"] for r in store.records(specs=specs)} == {1}
+        assert "no-such-init" in store.get(broken).error
+    pool = _metrics(tmp_path / "pool.sqlite")
+    ref = _metrics(reference[0] / "results.sqlite")
+    assert {s.key: pool[s.key] for s in specs} == {s.key: ref[s.key] for s in specs}
+
+
+def test_a_second_sweep_into_the_same_folder_is_refused_while_one_runs(tmp_path):
+    import fcntl
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with open(out / ".lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running sweep holds it
+        assert main(["reproduce", "depth", "--out", str(out), "--workers", "0", *TINY]) == 2
+    assert not (out / "results.sqlite").exists()
