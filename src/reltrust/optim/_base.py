@@ -151,6 +151,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         `torch.distributed.checkpoint.state_dict.set_state_dict`, parameter names; either way they
         follow the order of ``state_dict["param_groups"]``, which torch pairs with this optimiser's.
         """
+        self.__dict__.pop("_weight_norm_cache", None)  # see _norm_cache_get
         saved = state_dict["state"]
         keys = [k for g in state_dict["param_groups"] for k in g["params"]]
         super().load_state_dict(state_dict)
@@ -211,7 +212,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     # The weight-norm cache (option cache_weight_norm): per (param group, bucket), the local norms
     # of the weights as the last update pass left them, valid while every weight of the bucket has
     # the same identity, storage and version counter as then. Not part of state_dict; dropped by
-    # pickling/deepcopy (torch.optim.Optimizer.__getstate__) and by load_state_dict.
+    # pickling/deepcopy (torch.optim.Optimizer.__getstate__) and by load_state_dict (above).
 
     @staticmethod
     def _norm_signature(bucket: "Bucket") -> tuple:
@@ -230,10 +231,6 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             cache.pop((id(group), key), None)
         else:
             cache[(id(group), key)] = (self._norm_signature(bucket), bucket.weight_norm_out)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.__dict__.pop("_weight_norm_cache", None)
-        super().load_state_dict(state_dict)
 
 
 class Bucket:

@@ -197,6 +197,7 @@ def _fromage_native(params, grads, momentum_buffers, initial_norms, *, lr, momen
     new_local = torch.empty(n, dtype=torch.float32) if want_new else None
     c = 1.0 / math.sqrt(1.0 + lr * lr)
     lr_signed = lr if maximize else -lr
+    reduced_weight_norm = None
     if not trust_ratio:
         if bufs is not None:
             _native.lerp_norms(params, grads, bufs, 1.0 - momentum, None, torch.empty(n, dtype=torch.float32))
@@ -223,12 +224,14 @@ def _fromage_native(params, grads, momentum_buffers, initial_norms, *, lr, momen
                 _native.norms(params, grads, sel=streamed, out=(pnorm, direction_norm))
             else:
                 _native.norms(grads, sel=streamed, out=(direction_norm,))
-            ratio = tr.trust_ratio(
-                tr.reduce_norms(local_weight_norm.clone(), like), tr.reduce_norms(direction_norm, like)
-            )
+            reduced_weight_norm = tr.reduce_norms(local_weight_norm.clone(), like)
+            ratio = tr.trust_ratio(reduced_weight_norm, tr.reduce_norms(direction_norm, like))
             _native.fromage_update(params, direction, ratio.mul_(lr_signed), c, new_local, sel=streamed)
     if p_bound is not None:
-        weight_norm = tr.reduce_norms(local_weight_norm.clone(), like)
+        # ‖W‖ is reduced once per step (one all-reduce per mesh group), as on the torch path
+        if reduced_weight_norm is None:
+            reduced_weight_norm = tr.reduce_norms(local_weight_norm.clone(), like)
+        weight_norm = reduced_weight_norm
         recorded = torch.stack(initial_norms)
         recorded = torch.where(recorded.isnan(), weight_norm.to(recorded.dtype), recorded)
         ops.copy_(initial_norms, per_tensor(recorded), True)
