@@ -13,12 +13,21 @@ fused torch optimiser with the same byte floor (Fromage → SGD-momentum; LARS, 
 
 All contenders update the SAME parameter tensors (with their own state), which keeps memory at about
 (2 + Σ state) × model size; the values stay finite and in the normal range, so timings are unaffected.
-Gradients are restored from a master copy before every round (a peer may modify p.grad in place).
+The cache_weight_norm variants get parameters of their own (their cache is valid only while no one
+else writes W). Gradients are restored from a master copy before every round (a peer may modify
+p.grad in place).
 
-Peers: torch.optim.SGD/Adam(fused=True); pytorch_optimizer's Fromage, LARS, Lamb (if installed);
-timm's Lamb and Lars where they import: from an installed timm, or from a timm wheel or unpacked
-source tree given by --timm or $RELTRUST_TIMM (`pip download --no-deps timm -d /tmp/timm`), loaded
-without importing timm's package __init__ (no torchvision needed). Nothing is installed.
+Peers: torch.optim.SGD/Adam(fused=True); pytorch_optimizer's Fromage, LARS, Lamb (if installed;
+LARS with weight_decay=1e-4, Lamb with weight_decouple=False: decay inside u, as reltrust's); timm's
+Lamb (max_grad_norm=None: no global clipping) and Lars where they import: from an installed timm, or
+from a timm wheel or unpacked source tree given by --timm or $RELTRUST_TIMM (`pip download --no-deps
+timm -d /tmp/timm`), loaded without importing timm's package __init__ (no torchvision needed).
+Nothing is installed. "torch path" rows: reltrust with foreach=True, what runs where the native
+kernels do not (no C compiler, other devices).
+
+The "× floor(add_)" column divides by (floor bytes × elements) / (GB/s of one x.add_(y) on a buffer
+of the same size): how close a step comes to streaming its bytes at the speed torch's own simplest
+op gets here.
 """
 from __future__ import annotations
 
@@ -56,7 +65,8 @@ def gpt2_small_shapes() -> list[tuple[int, ...]]:
 SETS = {
     "gpt2": ("GPT-2 small shapes (148 tensors)", gpt2_small_shapes),
     "mlp": ("deep narrow MLP: 200 × (256×256 + bias)", lambda: [(256, 256), (256,)] * 200),
-    "big": ("one 16M-element tensor", lambda: [(1 << 24,)]),
+    # 2-D: pytorch_optimizer's LARS adapts only tensors with ndim > 1 (on a 1-D tensor it skips its norms)
+    "big": ("one 4096×4096 tensor (16M elements)", lambda: [(4096, 4096)]),
 }
 
 
