@@ -1,9 +1,20 @@
 """Native CPU kernels for the layerwise optimisers: build on first use, cache, or fall back.
 
 The kernels (`_cpp/kernels_src.py`, plain C + OpenMP, no torch headers) fuse what the torch path does
-in several passes: Fromage's update ``p ← (p + coef·u)·c`` in one pass (20 B/element in all, against
-28), LARS's buffer and weight update in one pass, LAMB's moments + norms of its direction in one pass
-and the weight update in a second, each optionally also returning the norm of the new weights.
+in several passes: a norm pass (with Fromage's momentum update, or LAMB's moments and direction) and
+one update pass — Fromage's ``p ← (p + coef·u)·c`` (20 B/element in all, against 28), LARS's buffer
+and weight update, LAMB's weight update — each optionally also returning the norm of the new weights
+(`cache_weight_norm`). `split` sends each tensor one of three ways (see the C source's header):
+
+* blocked — small unsharded tensors, whole per thread: norm pass, ratio, update pass back to back,
+  the update reading from L2;
+* grouped — the other unsharded tensors, in groups of about GROUP_BYTES: all threads run the norm
+  pass over a group, then update the spans they normed, from the last-level cache;
+* streamed — sharded (DTensor) tensors: a norm pass over all of them, the norms reduced across
+  shards and turned into ratios by `trust_ratio` in torch, then an update pass.
+
+The first two compute the ratio in C (`trust_ratio1`, tested bit-equal to `trust_ratio.trust_ratio`);
+all three give identical bits.
 
 They are compiled by the system C compiler (``$CC``, else ``cc``/``gcc``; about a second) into the
 torch extensions directory (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), named by
