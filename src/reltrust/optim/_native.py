@@ -275,13 +275,13 @@ def _bump(*lists: Sequence[torch.Tensor] | None) -> None:
             torch._C._increment_version(list(ts))
 
 
-def _l2_bytes() -> int:
-    """A core's L2 cache (sysfs), which bounds the tensors the blocked kernels take; 512 KiB if unknown."""
+def _cache_bytes(level: int, default: int) -> int:
+    """Size of cpu0's level-`level` cache from sysfs (L2: a core's own; L3: shared); `default` if unknown."""
     try:
         for index in sorted(os.listdir("/sys/devices/system/cpu/cpu0/cache")):
             base = f"/sys/devices/system/cpu/cpu0/cache/{index}/"
             with open(base + "level") as f:
-                if f.read().strip() != "2":
+                if f.read().strip() != str(level):
                     continue
             with open(base + "size") as f:
                 text = f.read().strip().upper()
@@ -289,24 +289,17 @@ def _l2_bytes() -> int:
             return int(text.rstrip("KMB")) * scale
     except (OSError, ValueError):
         pass
-    return 512 << 10
+    return default
+
+
+def _l2_bytes() -> int:
+    """A core's L2 cache, which bounds the tensors the blocked kernels take; 512 KiB if unknown."""
+    return _cache_bytes(2, 512 << 10)
 
 
 def _l3_bytes() -> int:
-    """The last-level cache (sysfs), shared by the cores; 8 MiB if unknown."""
-    try:
-        for index in sorted(os.listdir("/sys/devices/system/cpu/cpu0/cache")):
-            base = f"/sys/devices/system/cpu/cpu0/cache/{index}/"
-            with open(base + "level") as f:
-                if f.read().strip() != "3":
-                    continue
-            with open(base + "size") as f:
-                text = f.read().strip().upper()
-            scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
-            return int(text.rstrip("KMB")) * scale
-    except (OSError, ValueError):
-        pass
-    return 8 << 20
+    """The last-level cache, shared by the cores; 8 MiB if unknown."""
+    return _cache_bytes(3, 8 << 20)
 
 
 #: Tensors whose working set (numel × the bytes per element a step touches: 8 for Fromage, 12 with
