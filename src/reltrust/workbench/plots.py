@@ -86,6 +86,23 @@ def _draw_series(ax, xs, runs, label, i, band_kind, marker="o"):
         ax.fill_between(xs, lo[: len(xs)], hi[: len(xs)], color=c, alpha=0.2, linewidth=0)
 
 
+def _label_axes(ax, title, xlabel, ylabel, hline, hline_label) -> None:
+    """The chance line (if any), title, axis labels, grid and legend every panel gets."""
+    if hline is not None:
+        ax.axhline(hline, color="grey", ls=":", lw=1, label=hline_label)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _finish(fig, suptitle: str | None, path: str | os.PathLike) -> Path:
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return _save(fig, path)
+
+
 def curves(
     panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[Sequence[float]]]]],
     path: str | os.PathLike,
@@ -106,20 +123,12 @@ def curves(
     for ax, (title, lines) in zip(axes, panels.items()):
         for i, (label, (xs, runs)) in enumerate(lines.items()):
             _draw_series(ax, list(xs), runs, label, i, band_kind, marker=".")
-        if hline is not None:
-            ax.axhline(hline, color="grey", ls=":", lw=1, label=hline_label)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
+        _label_axes(ax, title, xlabel, ylabel, hline, hline_label)
         if logy or title in logy_panels:
             ax.set_yscale("log")
         elif ylim is not None:
             ax.set_ylim(*ylim)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
-    return _save(fig, path)
+    return _finish(fig, suptitle, path)
 
 
 def metric_vs(
@@ -148,20 +157,12 @@ def metric_vs(
             _draw_series(ax, xs, runs_by_seed, label, i, band_kind)
             for x in (failed or {}).get(title, {}).get(label, []):
                 ax.plot([x], [0 if ylim is None else ylim[0]], marker="x", color=_color(label, i), ms=7, clip_on=False)
-        if hline is not None:
-            ax.axhline(hline, color="grey", ls=":", lw=1, label=hline_label)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
+        _label_axes(ax, title, xlabel, ylabel, hline, hline_label)
         if logx:
             ax.set_xscale("log")
         if ylim is not None:
             ax.set_ylim(*ylim)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
-    return _save(fig, path)
+    return _finish(fig, suptitle, path)
 
 
 def _transpose(per_x: list[Sequence[float]]) -> list[list[float]]:
