@@ -357,6 +357,30 @@ def test_blocked_grouped_and_streamed_kernels_give_identical_bits(monkeypatch):
                     assert torch.equal(a, b), (cls.__name__, kw, cache, way)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_grouped_kernels_with_uneven_thread_shares_equal_streamed(monkeypatch, threads):
+    """The grouped kernels give each thread a contiguous share of a group's spans, walk it forward
+    in the norm pass and backward in the update pass (to start on what is still cached): with
+    shares of unequal length (5 spans, 1–3 threads) every span must still be updated exactly once."""
+    shapes = [(5 * 32768 + 7,), (3, 1000), (64,), (2, 40000)]  # make() zeroes tensor 1, grads() one of 3
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for cls, kw in [(Fromage, dict(lr=0.1)), (Fromage, dict(lr=0.1, momentum=0.9)),
+                        (LARS, dict(lr=1.0, weight_decay=0.01)), (LAMB, dict(lr=0.01, weight_decay=0.1))]:
+            results = {}
+            for way, settings in {"grouped": dict(BLOCKED_BYTES=0, GROUP_BYTES=1 << 20),
+                                  "streamed": dict(IN_KERNEL_RATIO=False)}.items():
+                with monkeypatch.context() as m:
+                    for name, value in settings.items():
+                        m.setattr(_native, name, value)
+                    results[way], _ = run(cls, kw, fused=True, shapes=shapes, steps=2)
+            for a, b in zip(results["grouped"], results["streamed"]):
+                assert torch.equal(a, b), (cls.__name__, kw, threads)
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_split_by_size_and_sharding(monkeypatch):
     monkeypatch.setattr(_native, "BLOCKED_BYTES", 8 * 100)
     ts = [torch.zeros(100), torch.zeros(101), torch.zeros(3)]

@@ -9,7 +9,9 @@ and weight update, LAMB's weight update — each optionally also returning the n
 * blocked — small unsharded tensors, whole per thread: norm pass, ratio, update pass back to back,
   the update reading from L2;
 * grouped — the other unsharded tensors, in groups of about GROUP_BYTES: all threads run the norm
-  pass over a group, then update the spans they normed, from the last-level cache;
+  pass over a group, then update the spans they normed, from the last-level cache, last-read
+  first (a tensor larger than the cache then still gets about a cache's worth of its second read
+  from cache);
 * streamed — sharded (DTensor) tensors: a norm pass over all of them, the norms reduced across
   shards and turned into ratios by `trust_ratio` in torch, then an update pass.
 

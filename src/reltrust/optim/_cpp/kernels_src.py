@@ -620,8 +620,8 @@ int rt_lamb_blocked(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const i
 /* ---------------------------------------------------------------------------------------------- */
 /* grouped entry points: the selected tensors in consecutive groups of about group_elems elements  */
 /* (a larger tensor is a group of its own); for each group, all threads run the norm pass over its */
-/* spans, one computes the ratios, then each thread updates the spans it normed (same static       */
-/* schedule), which the last-level cache still holds. Same span functions and sums as streamed.    */
+/* spans, one computes the ratios, then each thread updates the spans it normed, last-read first   */
+/* (my_share), which the caches still hold. Same span functions and sums as streamed.              */
 
 typedef struct {
     spans_t sp;
@@ -630,6 +630,18 @@ typedef struct {
     int32_t *gsel;  /* group k: selected tensors q in [gsel[k], gsel[k+1]) */
     int64_t *tspan; /* selected tensor q: spans [tspan[q], tspan[q+1]) */
 } groups_t;
+
+/* This thread's share [*a, *b) of the spans [lo, hi): contiguous shares in thread order, the first
+ * (hi - lo) % threads of them one span longer. The norm pass walks its share forward and the update
+ * pass walks the same share BACKWARD, so that it starts on the spans the norm pass read last, which
+ * are still cached: for a group larger than the cache, about a cache's worth of the second read
+ * comes from cache instead of memory. */
+static void my_share(int64_t lo, int64_t hi, int64_t *a, int64_t *b) {
+    const int64_t nth = omp_get_num_threads(), tid = omp_get_thread_num(), len = hi - lo;
+    const int64_t q = len / nth, r = len % nth;
+    *a = lo + tid * q + (tid < r ? tid : r);
+    *b = *a + q + (tid < r ? 1 : 0);
+}
 
 static groups_t make_groups(int n, const int64_t *sizes, const int32_t *sel, int nsel, int64_t group_elems) {
     groups_t G;
@@ -682,8 +694,9 @@ int rt_fromage_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, cons
     const int64_t *u_ptrs = m_ptrs ? m_ptrs : g_ptrs;
 #pragma omp parallel num_threads(threads_for(G.sp.n, nthreads))
     for (int k = 0; k < G.ngroups; k++) {
-#pragma omp for schedule(static)
-        for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) {
+        int64_t a, b;
+        my_share(G.gspan[k], G.gspan[k + 1], &a, &b);
+        for (int64_t s = a; s < b; s++) {
             const span_t x = G.sp.s[s];
             const int64_t len = x.hi - x.lo;
             double *part = &partial[s * 2];
@@ -696,6 +709,7 @@ int rt_fromage_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, cons
                 part[1] = span_sumsq(PTR(g_ptrs, x.t, x.lo), len);
             }
         }
+#pragma omp barrier
 #pragma omp single
         for (int q = G.gsel[k]; q < G.gsel[k + 1]; q++) {
             const int t = SEL(q);
@@ -705,8 +719,7 @@ int rt_fromage_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, cons
             unorm[t] = un;
             coef[t] = trust_ratio1(wn, un, rh) * lr_signed;
         }
-#pragma omp for schedule(static) nowait
-        for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) {
+        for (int64_t s = b - 1; s >= a; s--) {
             const span_t x = G.sp.s[s];
             npart[s] = span_fromage(PTR(p_ptrs, x.t, x.lo), PTR(u_ptrs, x.t, x.lo), coef[x.t], c, x.hi - x.lo,
                                     newnorm != NULL);
@@ -732,8 +745,9 @@ int rt_lars_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const i
     const int mode = v_ptrs ? (nesterov ? 2 : 1) : 0, decay = weight_decay != 0.0f;
 #pragma omp parallel num_threads(threads_for(G.sp.n, nthreads))
     for (int k = 0; k < G.ngroups; k++) {
-#pragma omp for schedule(static)
-        for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) {
+        int64_t a, b;
+        my_share(G.gspan[k], G.gspan[k + 1], &a, &b);
+        for (int64_t s = a; s < b; s++) {
             const span_t x = G.sp.s[s];
             const int64_t len = x.hi - x.lo;
             if (!wnorm_in)
@@ -741,6 +755,7 @@ int rt_lars_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const i
             else
                 partial[s * 2 + 1] = span_sumsq(PTR(g_ptrs, x.t, x.lo), len);
         }
+#pragma omp barrier
 #pragma omp single
         for (int q = G.gsel[k]; q < G.gsel[k + 1]; q++) {
             const int t = SEL(q);
@@ -754,8 +769,7 @@ int rt_lars_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const i
             const lars_coef_t cf = {gs, -gs, wds, 1.0f - wds};
             coef[t] = cf;
         }
-#pragma omp for schedule(static) nowait
-        for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) {
+        for (int64_t s = b - 1; s >= a; s--) {
             const span_t x = G.sp.s[s];
             npart[s] = span_lars(PTR(p_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), mode ? PTR(v_ptrs, x.t, x.lo) : NULL,
                                  coef[x.t], momentum, mode, decay, x.hi - x.lo, newnorm != NULL);
@@ -794,12 +808,14 @@ int rt_lamb_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const i
     const ratio_hp_t rh = {1.0f, 0.0f, 0.0f};
 #pragma omp parallel num_threads(threads_for(G.sp.n, nthreads))
     for (int k = 0; k < G.ngroups; k++) {
-#pragma omp for schedule(static)
-        for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) {
+        int64_t a, b;
+        my_share(G.gspan[k], G.gspan[k + 1], &a, &b);
+        for (int64_t s = a; s < b; s++) {
             const span_t x = G.sp.s[s];
             span_lamb1(PTR(p_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), PTR(m_ptrs, x.t, x.lo), PTR(v_ptrs, x.t, x.lo),
                        b1[x.t], b2s[x.t], h, x.hi - x.lo, 1, 1, &partial[s * 2], offset[s] >= 0 ? kept + offset[s] : NULL);
         }
+#pragma omp barrier
 #pragma omp single
         for (int q = G.gsel[k]; q < G.gsel[k + 1]; q++) {
             const int t = SEL(q);
@@ -809,9 +825,7 @@ int rt_lamb_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const i
             unorm[t] = un;
             coef[t] = trust_ratio1(wn, un, rh) * neg_lr;
         }
-        /* not nowait: the next group's pass 1 overwrites `kept` */
-#pragma omp for schedule(static)
-        for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) {
+        for (int64_t s = b - 1; s >= a; s--) {
             const span_t x = G.sp.s[s];
             if (offset[s] >= 0)
                 span_lamb2_kept(PTR(p_ptrs, x.t, x.lo), kept + offset[s], coef[x.t], x.hi - x.lo);
@@ -819,6 +833,7 @@ int rt_lamb_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const i
                 span_lamb2(PTR(p_ptrs, x.t, x.lo), PTR(m_ptrs, x.t, x.lo), PTR(v_ptrs, x.t, x.lo), b1[x.t], b2s[x.t],
                            h, coef[x.t], x.hi - x.lo);
         }
+#pragma omp barrier /* the next group's pass 1 overwrites `kept` */
     }
     free(kept);
     free(offset);
