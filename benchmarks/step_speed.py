@@ -209,7 +209,23 @@ def bandwidth(n, reps=7):
 # ---------------------------------------------------------------------------------------------------
 
 
-def run_set(key, rounds, only, timm, warmup=2, cached=True):
+def cache_flusher():
+    """A function that evicts the caches: it writes, then reads, a buffer of twice the last-level
+    cache. Called before every timed step, so that each step starts cold, as after a backward pass,
+    whatever contender ran before it (otherwise a step that follows one touching the same tensors
+    finds their tails in cache, and the ratios depend on the order of the contenders)."""
+    from reltrust.optim import _native
+
+    scratch = torch.empty(2 * _native._l3_bytes() // 4)
+
+    def flush():
+        scratch.fill_(1.0)
+        scratch.sum()
+
+    return flush
+
+
+def run_set(key, rounds, only, timm, warmup=2, cached=True, flush=None):
     title, shapes_fn = SETS[key]
     shapes = shapes_fn()
     params, master = make_params(shapes)
@@ -243,6 +259,8 @@ def run_set(key, rounds, only, timm, warmup=2, cached=True):
                 p.grad.copy_(m)
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
+            if flush is not None:
+                flush()
             t = time.perf_counter()
             opts[name].step()
             times[name].append(time.perf_counter() - t)
@@ -287,6 +305,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true",
                     help="the mlp set only, 5 rounds, no cache_weight_norm variants (< 1 minute)")
     ap.add_argument("--no-peers", action="store_true", help="only torch's fused optimisers and reltrust's")
+    ap.add_argument("--warm", action="store_true",
+                    help="do not evict the caches before each timed step (see cache_flusher)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -298,7 +318,8 @@ def main(argv=None):
         only = ["reltrust"]
     timm = None if args.no_peers else load_timm(args.timm)
     print(f"# {machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"{timm[2] if timm else 'timm: not loaded'}")
+          f"{timm[2] if timm else 'timm: not loaded'}; "
+          f"{'warm caches' if args.warm else 'caches evicted before every timed step'}")
     from reltrust.optim import _native
 
     existed = os.path.isdir(_native._build_dir()) and bool(os.listdir(_native._build_dir()))
@@ -307,7 +328,7 @@ def main(argv=None):
     print(f"# reltrust native kernels: {_native.describe()} "
           f"({'loaded' if existed else 'built and loaded'} in {time.perf_counter() - t:.2f} s)")
     for key in sets:
-        run_set(key, rounds, only, timm, warmup=warmup, cached=cached)
+        run_set(key, rounds, only, timm, warmup=warmup, cached=cached, flush=None if args.warm else cache_flusher())
 
 
 if __name__ == "__main__":
