@@ -161,6 +161,54 @@ def test_norms_are_accurate_and_independent_of_the_thread_count():
     torch.testing.assert_close(one.double(), exact, rtol=2e-7, atol=0)
 
 
+def _thp_eligible(address: int) -> bool | None:
+    """The THPeligible flag of the mapping holding `address` (/proc/self/smaps), None if unknown."""
+    try:
+        with open("/proc/self/smaps") as f:
+            inside = False
+            for line in f:
+                head = line.split()[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(x, 16) for x in head.split("-"))
+                    inside = lo <= address < hi
+                elif inside and head == "THPeligible:":
+                    return line.split()[1] == "1"
+    except OSError:
+        pass
+    return None
+
+
+def test_large_state_is_advised_into_huge_pages(monkeypatch):
+    """State of 4 MiB and more is madvised into transparent huge pages before it is zeroed: the
+    values are those without the advice, bit for bit, and the kernel marks the mapping eligible."""
+    shape = (1024, 2048)  # 8 MiB
+
+    def two_steps():
+        gen = torch.Generator().manual_seed(0)
+        p = nn.Parameter(torch.randn(shape, generator=gen))
+        opt = LAMB([p], lr=0.01, weight_decay=0.1)
+        for _ in range(2):
+            p.grad = torch.randn(shape, generator=gen)
+            opt.step()
+        return p, opt.state[p]
+
+    p, state = two_steps()
+    monkeypatch.setenv("RELTRUST_HUGE_PAGES", "0")
+    assert not _native.advise_huge_pages(torch.empty(shape))
+    p_off, state_off = two_steps()
+    monkeypatch.delenv("RELTRUST_HUGE_PAGES")
+    assert torch.equal(p, p_off)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(state[key], state_off[key])
+    assert not _native.advise_huge_pages(torch.empty(1000))  # below HUGE_PAGE_MIN_BYTES
+    assert not _native.advise_huge_pages(torch.empty(shape, device="meta"))
+    if _native.advise_huge_pages(torch.empty(shape)):
+        middle = state["exp_avg"].data_ptr() + state["exp_avg"].nbytes // 2
+        assert _thp_eligible(middle) in (True, None)
+    else:
+        pytest.skip("transparent huge pages are off on this machine")
+
+
 def test_in_place_updates_bump_version_counters():
     """Autograd's check on tensors saved for backward must see the native in-place writes."""
     p = nn.Parameter(torch.randn(8, 8))

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from reltrust.optim import _native
 from reltrust.optim.trust_ratio import compute_dtype, local
 
 
@@ -290,8 +291,11 @@ class Bucket:
 
 
 def state_zeros(p: torch.Tensor) -> torch.Tensor:
-    """A zero state tensor like `p` (a DTensor for a DTensor `p`), float32 for 16-bit parameters."""
-    return torch.zeros_like(p, dtype=compute_dtype(p.dtype), memory_format=torch.preserve_format)
+    """A zero state tensor like `p` (a DTensor for a DTensor `p`), float32 for 16-bit parameters;
+    on a CPU, a large one in huge pages (`_native.advise_huge_pages`), advised before it is zeroed."""
+    x = torch.empty_like(p, dtype=compute_dtype(p.dtype), memory_format=torch.preserve_format)
+    _native.advise_huge_pages(local(x))
+    return x.zero_()
 
 
 def scalar_state(p: torch.Tensor, value: float) -> torch.Tensor:
