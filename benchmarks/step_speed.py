@@ -1,7 +1,7 @@
 """Optimiser step speed against peers and against the machine's memory-bandwidth floor.
 
     python benchmarks/step_speed.py --quick              # < 1 minute: the deep-MLP set, 5 rounds
-    python benchmarks/step_speed.py                      # the README table (all sets, 15 rounds)
+    python benchmarks/step_speed.py                      # the README table (all sets, 15-41 rounds)
     python benchmarks/step_speed.py --sets gpt2 --rounds 21 --threads 2
 
 An optimiser step is memory-bound: it costs at least (bytes it must move) / (memory bandwidth). Per
@@ -175,6 +175,8 @@ FLOOR_BYTES = {  # bytes per fp32 element the step must move at least (reads + w
     "timm Lamb": 40, "timm Lars": 28,
 }
 BASELINE = {"sgd": "torch SGD-momentum fused", "adam": "torch Adam fused"}
+#: default rounds: more where steps are short and the shared machine's noise is a larger share
+ROUNDS = {"gpt2": 15, "mlp": 25, "big": 41}
 
 
 def state_bytes(opt) -> int:
@@ -210,19 +212,15 @@ def bandwidth(n, reps=7):
 
 
 def cache_flusher():
-    """A function that evicts the caches: it writes, then reads, a buffer of twice the last-level
-    cache. Called before every timed step, so that each step starts cold, as after a backward pass,
-    whatever contender ran before it (otherwise a step that follows one touching the same tensors
-    finds their tails in cache, and the ratios depend on the order of the contenders)."""
+    """A function that evicts the caches by reading a buffer of twice the last-level cache (written
+    once, so the lines it leaves are clean and the timed step pays no write-back for them). Called
+    before every timed step, so that each step starts cold, as after a backward pass, whatever
+    contender ran before it (otherwise a step that follows one touching the same tensors finds
+    their tails in cache, and the ratios depend on the order of the contenders)."""
     from reltrust.optim import _native
 
-    scratch = torch.empty(2 * _native._l3_bytes() // 4)
-
-    def flush():
-        scratch.fill_(1.0)
-        scratch.sum()
-
-    return flush
+    scratch = torch.ones(2 * _native._l3_bytes() // 4)
+    return scratch.sum
 
 
 def run_set(key, rounds, only, timm, warmup=2, cached=True, flush=None):
@@ -298,7 +296,8 @@ def machine() -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", default="gpt2,mlp,big", help="comma list of: " + ", ".join(SETS))
-    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="interleaved rounds per set (default: " + ", ".join(f"{k} {v}" for k, v in ROUNDS.items()) + ")")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--only", default=None, help="comma list of substrings of contender names (baselines kept)")
     ap.add_argument("--timm", default=None, help="timm wheel or source tree (see module docstring)")
@@ -312,7 +311,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     sets, rounds, cached, warmup = args.sets.split(","), args.rounds, True, 2
     if args.quick:
-        sets, rounds, cached, warmup = ["mlp"], 5, False, 1
+        sets, rounds, cached, warmup = ["mlp"], args.rounds or 5, False, 1
     only = args.only.split(",") if args.only else None
     if args.no_peers:
         only = ["reltrust"]
@@ -328,7 +327,8 @@ def main(argv=None):
     print(f"# reltrust native kernels: {_native.describe()} "
           f"({'loaded' if existed else 'built and loaded'} in {time.perf_counter() - t:.2f} s)")
     for key in sets:
-        run_set(key, rounds, only, timm, warmup=warmup, cached=cached, flush=None if args.warm else cache_flusher())
+        run_set(key, rounds or ROUNDS[key], only, timm, warmup=warmup, cached=cached,
+                flush=None if args.warm else cache_flusher())
 
 
 if __name__ == "__main__":
