@@ -193,15 +193,19 @@ def state_bytes(opt) -> int:
 # bandwidth floor
 
 
-def bandwidth(n, reps=7):
+def bandwidth(n, reps=7, flush=None):
     """GB/s of x.add_(y) (12 B/elt: two reads, one write) and of ‖x‖ (4 B/elt) on two flat float32
-    buffers of n elements each: what this machine's memory gives one torch op on this much data."""
+    buffers of n elements each: what this machine's memory gives one torch op on this much data
+    (each op after `flush`, as the steps)."""
     x, y = torch.randn(n), torch.randn(n)
     add, nrm = [], []
+    flush = flush or (lambda: None)
     for _ in range(reps):
+        flush()
         t = time.perf_counter()
         x.add_(y)
         add.append(time.perf_counter() - t)
+        flush()
         t = time.perf_counter()
         torch.linalg.vector_norm(x)
         nrm.append(time.perf_counter() - t)
@@ -230,7 +234,7 @@ def run_set(key, rounds, only, timm, warmup=2, cached=True, flush=None):
     n = sum(p.numel() for p in params)
     print(f"\n## {key}: {title}: {len(params)} tensors, {n / 1e6:.1f}M parameters, "
           f"{n * 4 / 2**20:.0f} MiB per fp32 copy")
-    add_bw, norm_bw = bandwidth(n)
+    add_bw, norm_bw = bandwidth(n, flush=flush)
     print(f"measured bandwidth: add_ {add_bw:.1f} GB/s, norm {norm_bw:.1f} GB/s "
           f"(floor at add_ bandwidth: 20 B/elt = {20 * n / add_bw / 1e6:.1f} ms, "
           f"28 B/elt = {28 * n / add_bw / 1e6:.1f} ms, 40 B/elt = {40 * n / add_bw / 1e6:.1f} ms)")
