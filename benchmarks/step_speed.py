@@ -6,10 +6,12 @@
 
 An optimiser step is memory-bound: it costs at least (bytes it must move) / (memory bandwidth). Per
 float32 element: fused SGD with momentum and Fromage move 20 bytes, fused Adam and LARS (momentum,
-decay) 28, LAMB 40. The script measures every contender on each parameter set in ONE process, in
-interleaved rounds (each round runs every contender once, in a rotated order), so that a noisy
-neighbour slows all of them alike; it reports medians over rounds, and each contender's ratio to the
-fused torch optimiser with the same byte floor (Fromage → SGD-momentum; LARS, LAMB → Adam).
+decay) 28, LAMB 40. The script measures every contender on a parameter set in one process (a fresh
+one per set), in interleaved rounds (each round runs every contender once, in a rotated order), so
+that a noisy neighbour slows all of them alike; it reports medians over rounds, and each
+contender's ratio to the fused torch optimiser with the same byte floor (Fromage → SGD-momentum;
+LARS, LAMB → Adam). Before every timed step it evicts the caches (`cache_flusher`; --warm not):
+each step starts cold, as after a backward pass, whichever contender ran before it.
 
 All contenders update the SAME parameter tensors (with their own state), which keeps memory at about
 (2 + Σ state) × model size; the values stay finite and in the normal range, so timings are unaffected.
@@ -310,10 +312,24 @@ def main(argv=None):
     ap.add_argument("--no-peers", action="store_true", help="only torch's fused optimisers and reltrust's")
     ap.add_argument("--warm", action="store_true",
                     help="do not evict the caches before each timed step (see cache_flusher)")
+    ap.add_argument("--one-process", action="store_true",
+                    help="run all sets in this process (default: each set in a fresh one, so that no set "
+                         "inherits the allocator's and the page cache's state from the one before)")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
+    sets = args.sets.split(",")
+    if len(sets) > 1 and not args.quick and not args.one_process:
+        rest = [a for i, a in enumerate(argv) if a != "--sets" and (i == 0 or argv[i - 1] != "--sets")
+                and not a.startswith("--sets=")]
+        for key in sets:
+            sys.stdout.flush()
+            code = subprocess.run([sys.executable, os.path.abspath(__file__), "--sets", key, *rest]).returncode
+            if code:
+                sys.exit(code)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
-    sets, rounds, cached, warmup = args.sets.split(","), args.rounds, True, 2
+    rounds, cached, warmup = args.rounds, True, 2
     if args.quick:
         sets, rounds, cached, warmup = ["mlp"], args.rounds or 5, False, 1
     only = args.only.split(",") if args.only else None
