@@ -86,15 +86,22 @@ def test_foreach_equals_per_tensor_exactly(cls, kw):
 
 
 def test_lamb_large_tensor_is_split_into_blocks_and_matches_reference(monkeypatch):
-    """Tensors larger than a block are processed in pieces; the result must not change."""
+    """Tensors larger than a block are processed in pieces, their direction kept from the norm pass
+    to the update (KEEP_BYTES large) or computed twice (KEEP_BYTES 0); the result must not change."""
     import reltrust.optim.lamb as lamb_module
 
     monkeypatch.setattr(lamb_module, "CHUNK", 16)
     monkeypatch.setattr(lamb_module, "BLOCK", 40)
     ws = [torch.randn(9, 11, dtype=torch.float64), torch.randn(30, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
     grads = [[torch.randn_like(w) for w in ws] for _ in range(4)]
-    for foreach in (True, False):
-        got = run(LAMB, dict(lr=0.02, weight_decay=0.05), ws, grads, torch.float64, foreach)
-        expected = reference(ref.lamb, dict(lr=0.02, weight_decay=0.05), ws, grads)
-        for e, g in zip(expected, got):
-            torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+    expected = reference(ref.lamb, dict(lr=0.02, weight_decay=0.05), ws, grads)
+    results = []
+    for keep in (1 << 30, 0):
+        monkeypatch.setattr(lamb_module, "KEEP_BYTES", keep)
+        for foreach in (True, False):
+            got = run(LAMB, dict(lr=0.02, weight_decay=0.05), ws, grads, torch.float64, foreach)
+            for e, g in zip(expected, got):
+                torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+            results.append(got)
+    for got in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], got))

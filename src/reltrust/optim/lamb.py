@@ -11,12 +11,13 @@ from reltrust.optim._base import (
     Bucket, LayerwiseOptimizer, check_float, fused_choice, ops, per_tensor, scalar_state, state_zeros,
 )
 
-# The Adam direction u is never materialised for a whole model at once: it is built for pieces of at
-# most CHUNK elements, BLOCK elements at a time, so the temporaries stay small (and in cache) however
-# large a tensor is. A step whose direction fits in one block computes it once; otherwise twice (once
-# for ‖u‖, once for the update) — cheaper on a CPU than allocating and paging in a model-sized buffer.
+# Torch path: the Adam direction u is built for pieces of at most CHUNK elements, BLOCK elements at a
+# time, so each block's temporaries stay in cache however large a tensor is. A step whose u takes at
+# most KEEP_BYTES keeps every block's u from the norm pass to the update; a larger one computes it
+# twice (once for ‖u‖, once for the update) rather than allocate and page in a model-sized buffer.
 CHUNK = 1 << 19
 BLOCK = 1 << 21
+KEEP_BYTES = 64 << 20
 
 
 class LAMB(LayerwiseOptimizer):
@@ -206,7 +207,8 @@ def lamb_update(
     starts = [0]
     for block in blocks[:-1]:
         starts.append(starts[-1] + len(block))
-    cached = None
+    keep = len(blocks) == 1 or sum(map(torch.Tensor.numel, params)) * params[0].element_size() <= KEEP_BYTES
+    kept = []
     if trust_ratio:
         # ‖u‖² per tensor = Σ over its pieces of ‖u_piece‖²
         piece_sq = []
@@ -214,8 +216,8 @@ def lamb_update(
             u = directions(start, block)
             piece_norms = torch._foreach_norm(u, 2) if foreach else [torch.linalg.vector_norm(x) for x in u]
             piece_sq.append(torch.stack(piece_norms).square_())
-            if len(blocks) == 1:
-                cached = u
+            if keep:
+                kept.append(u)
         update_sq = torch.zeros_like(t).index_add_(0, owner, torch.cat(piece_sq))
         update_norm = tr.reduce_norms(update_sq.sqrt_(), like)
         ratio = tr.trust_ratio(tr.norms(params, like=like, foreach=foreach), update_norm)
@@ -223,8 +225,8 @@ def lamb_update(
     else:
         coef = torch.full_like(t, -lr)
     piece_coef = per_tensor(coef.index_select(0, owner))
-    for start, block in zip(starts, blocks):
-        u = cached if cached is not None else directions(start, block)
+    for j, (start, block) in enumerate(zip(starts, blocks)):
+        u = kept[j] if kept else directions(start, block)
         ops.addcmul_([v[0] for _, v in block], u, piece_coef[start : start + len(block)], foreach)
 
 
