@@ -105,3 +105,35 @@ def test_lamb_large_tensor_is_split_into_blocks_and_matches_reference(monkeypatc
             results.append(got)
     for got in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], got))
+
+
+def test_lamb_torch_path_blocks_on_cpu_and_one_multi_tensor_pass_elsewhere(monkeypatch):
+    """On CPU the torch path builds LAMB's direction block by block (computed once per block when
+    the step's u fits in KEEP_BYTES, else twice); on other devices (here `meta`, which runs the
+    same Python) once, for all tensors together, as cache_blocks does there."""
+    import reltrust.optim.lamb as lamb_module
+
+    calls = []
+    direction = lamb_module._direction
+
+    def spy(params, *args, **kwargs):
+        calls.append(len(params))
+        return direction(params, *args, **kwargs)
+
+    monkeypatch.setattr(lamb_module, "_direction", spy)
+    monkeypatch.setattr(lamb_module, "CHUNK", 16)
+    monkeypatch.setattr(lamb_module, "BLOCK", 40)
+
+    def step(device, keep):
+        monkeypatch.setattr(lamb_module, "KEEP_BYTES", keep)
+        calls.clear()
+        ps = [torch.nn.Parameter(torch.ones(9, 11, device=device)), torch.nn.Parameter(torch.ones(30, device=device))]
+        for p in ps:
+            p.grad = torch.ones_like(p)
+        LAMB(ps, lr=0.1, weight_decay=0.1, foreach=True).step()
+        return list(calls)
+
+    pieces = [16] * 6 + [3] + [16, 14]  # 99 elements in pieces of ≤ 16, then 30
+    assert sum(step("cpu", 1 << 30)) == len(pieces) and len(step("cpu", 1 << 30)) > 1
+    assert sum(step("cpu", 0)) == 2 * len(pieces)  # recomputed for the update
+    assert step("meta", 0) == [2]

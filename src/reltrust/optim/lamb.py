@@ -11,10 +11,13 @@ from reltrust.optim._base import (
     Bucket, LayerwiseOptimizer, check_float, fused_choice, ops, per_tensor, scalar_state, state_zeros,
 )
 
-# Torch path: the Adam direction u is built for pieces of at most CHUNK elements, BLOCK elements at a
-# time, so each block's temporaries stay in cache however large a tensor is. A step whose u takes at
-# most KEEP_BYTES keeps every block's u from the norm pass to the update; a larger one computes it
-# twice (once for ‖u‖, once for the update) rather than allocate and page in a model-sized buffer.
+# Torch path on CPU: the Adam direction u is built for pieces of at most CHUNK elements, BLOCK
+# elements at a time, so each block's temporaries stay in cache however large a tensor is. A step
+# whose u takes at most KEEP_BYTES keeps every block's u from the norm pass to the update; a larger
+# one computes it twice (once for ‖u‖, once for the update) rather than allocate and page in a
+# model-sized buffer. On other devices u is built once for all tensors (one multi-tensor kernel per
+# op, as `cache_blocks` does there; transient memory like torch's foreach Adam's, two copies of the
+# bucket).
 CHUNK = 1 << 19
 BLOCK = 1 << 21
 KEEP_BYTES = 64 << 20
@@ -190,7 +193,11 @@ def lamb_update(
     t = torch.stack(steps).to(device=params[0].device, dtype=params[0].dtype)
     bias1 = 1.0 - torch.pow(beta1, t)
     bias2_sqrt = (1.0 - torch.pow(beta2, t)).sqrt_()
-    pieces = _pieces([params, exp_avgs, exp_avg_sqs])
+    if params[0].device.type == "cpu":
+        blocks = list(_blocks(_pieces([params, exp_avgs, exp_avg_sqs])))
+    else:  # as cache_blocks: whole tensors in one block, one multi-tensor kernel per op
+        blocks = [[(i, list(group)) for i, group in enumerate(zip(params, exp_avgs, exp_avg_sqs))]]
+    pieces = [piece for block in blocks for piece in block]
     owner = torch.tensor([i for i, _ in pieces], device=t.device)
     piece_bias1 = per_tensor(bias1.index_select(0, owner))
     piece_bias2 = per_tensor(bias2_sqrt.index_select(0, owner))
@@ -203,7 +210,6 @@ def lamb_update(
             eps=eps, weight_decay=weight_decay, maximize=maximize, foreach=foreach,
         )
 
-    blocks = list(_blocks(pieces))
     starts = [0]
     for block in blocks[:-1]:
         starts.append(starts[-1] + len(block))
