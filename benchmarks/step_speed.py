@@ -303,7 +303,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", default="gpt2,mlp,big", help="comma list of: " + ", ".join(SETS))
     ap.add_argument("--rounds", type=int, default=None,
-                    help="interleaved rounds per set (default: " + ", ".join(f"{k} {v}" for k, v in ROUNDS.items()) + ")")
+                    help="interleaved rounds per set (default: "
+                         + ", ".join(f"{k} {v}" for k, v in ROUNDS.items()) + ")")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--only", default=None, help="comma list of substrings of contender names (baselines kept)")
     ap.add_argument("--timm", default=None, help="timm wheel or source tree (see module docstring)")

@@ -53,8 +53,9 @@ class Fromage(LayerwiseOptimizer):
         cache_weight_norm: native path only, off by default. The update pass also takes ‖W‖ of the
             new weights, and the next step uses it instead of reading W again for its norm
             (Fromage then moves 16 bytes per element, below SGD-momentum's 20). The cached norms
-            are used only while the weights' storage and version counters are those the step left — any in-place op on W or a view of it, a
-            model's ``load_state_dict``, ``p.data = …`` drop them — but writes that bypass the
+            are used only while the weights' storage and version counters are those the step
+            left — any in-place op on W or a view of it, a model's ``load_state_dict``,
+            ``p.data = …`` drop them — but writes that bypass the
             version counter (through ``p.data``, ``.numpy()``, DLPack) go unseen: enable it only
             where nothing writes weights that way. 16-bit parameters do not use it.
 
@@ -156,7 +157,13 @@ def fromage_update(
         coef = ratio.mul_(lr if maximize else -lr)
     else:
         coef = torch.full_like(weight_norm, lr if maximize else -lr)
-    _scaled_update(params, direction, per_tensor(coef), 1.0 / math.sqrt(1.0 + lr * lr), foreach)
+    c = 1.0 / math.sqrt(1.0 + lr * lr)
+    if torch.compiler.is_compiling():
+        # under torch.compile (of this function or of a step calling it), torch 2.13's inductor
+        # fuses addcmul_ and mul_ by a float that dynamo made dynamic (a changing lr) into a kernel
+        # that keeps the first value; a 0-dim tensor c is compiled right
+        c = torch.tensor(c, dtype=params[0].dtype, device=params[0].device)
+    _scaled_update(params, direction, per_tensor(coef), c, foreach)
 
     if p_bound is not None:
         recorded = torch.stack(initial_norms)
@@ -169,7 +176,7 @@ def fromage_update(
     return None
 
 
-def _scaled_update(params, direction, coefs, c: float, foreach: bool) -> None:
+def _scaled_update(params, direction, coefs, c: float | torch.Tensor, foreach: bool) -> None:
     """p_i ← (p_i + coef_i·u_i)·c as addcmul_ then mul_, in cache-sized blocks (`cache_blocks`) so
     that mul_ finds p in cache."""
     for idx, (ps, us) in cache_blocks([params, direction], foreach):
