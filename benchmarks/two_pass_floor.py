@@ -1,23 +1,25 @@
-"""Where Fromage's step time goes on a tensor larger than the cache, against SGD with momentum.
+"""Where the step time of Fromage and LAMB goes on a tensor larger than the cache.
 
     python benchmarks/two_pass_floor.py                 # one 4096×4096 tensor, 41 rounds
     python benchmarks/two_pass_floor.py --size 8192 --rounds 21
 
 A trust ratio needs the whole tensor's norms before any element can be updated, so on a tensor that
-does not fit in cache Fromage makes two passes over memory: a read-only norm pass (W and g: 8 bytes
-per float32 element) and an update pass (read W and g, write W: 12 bytes). Fused SGD with momentum
-moves 20 bytes in one read-write pass. This script times, in one process, in interleaved rounds, each
-after evicting the caches (as `step_speed.py` does):
+does not fit in cache the layerwise optimisers make two passes over memory where their torch
+baselines make one:
 
-* torch's fused SGD-momentum step and `x.add_(y)` (the 12-byte read-write pattern);
-* the native kernels' norm pass alone and update pass alone (`reltrust.optim._native`, private);
-* the whole Fromage step, and Fromage with ``cache_weight_norm=True`` (no read of W for its norm).
+* Fromage: a read-only norm pass (W and g: 8 bytes per float32 element) and an update pass (read W
+  and g, write W: 12 bytes), against fused SGD-momentum's one read-write pass of 20 bytes;
+* LAMB: pass 1 (read W, g, m, v; write m, v: 24 bytes; the norms of W and of the direction u) and
+  pass 2 (read W, m, v; write W: 16 bytes; u recomputed), against fused Adam's one pass of 28 bytes.
 
-It prints the medians and two ratios to SGD-momentum: the whole step's, and that of the sum of the
-two passes timed on their own — the floor of any method that takes the norms first, on this machine
-at this moment. If the step's ratio is close to the sum's, the step loses nothing between its passes,
-and the gap to SGD is the price of reading 8 bytes per element in a read-only pass, which on many
-machines streams slower than a read-write one.
+This script times, in one process, in interleaved rounds, each after evicting the caches (as
+`step_speed.py` does): the baselines, the native kernels' passes alone (`reltrust.optim._native`,
+private), `x.add_(y)` (torch's 12-byte read-write pattern), the whole steps, and Fromage with
+``cache_weight_norm=True`` (no read of W for its norm). It prints medians and ratios to each
+baseline, and the sum of the passes timed on their own: the floor, on this machine at this moment,
+of any method that takes the norms first. A step close to that sum loses nothing between its
+passes; the sum's ratio to the baseline is the price of the extra pass (for Fromage, of reading 8
+bytes per element in a read-only pass, which on many machines streams slower than a read-write one).
 """
 from __future__ import annotations
 
@@ -35,6 +37,48 @@ import reltrust.optim as ro  # noqa: E402
 from reltrust.optim import _native  # noqa: E402
 
 
+def contenders(shape, gen):
+    """name → (step function, bytes per element it moves, the baseline it is compared with)."""
+    p = torch.nn.Parameter(torch.randn(shape, generator=gen) * 0.02)
+    p.grad = torch.randn(shape, generator=gen) * 1e-3
+    cached = torch.nn.Parameter(p.detach().clone())
+    cached.grad = p.grad
+    w, g = [p.detach()], [p.grad]
+    one = torch.ones(1)
+    sgd = torch.optim.SGD([p], lr=1e-3, momentum=0.9, fused=True)
+    adam = torch.optim.Adam([p], lr=1e-4, fused=True)
+    fromage = ro.Fromage([p], lr=0.01)
+    fromage_cached = ro.Fromage([cached], lr=0.01, cache_weight_norm=True)
+    lamb = ro.LAMB([p], lr=1e-4, weight_decay=0.01)
+    lamb.step()  # its moments exist
+    m, v = [lamb.state[p]["exp_avg"]], [lamb.state[p]["exp_avg_sq"]]
+    hp = dict(eps=1e-6, weight_decay=0.01, maximize=False)
+    sgd_name, adam_name = "torch SGD-momentum fused (20 B/elt, one pass)", "torch Adam fused (28 B/elt, one pass)"
+    return {
+        sgd_name: (sgd.step, 20, sgd_name),
+        "torch x.add_(y) (12 B/elt, read-write)": (lambda: w[0].add_(g[0], alpha=-1e-9), 12, sgd_name),
+        "Fromage norm pass alone (8 B/elt, read-only)": (lambda: _native.norms(w, g), 8, sgd_name),
+        "Fromage update pass alone (12 B/elt)": (
+            lambda: _native.fromage_update(w, g, torch.tensor([-1e-5]), 1.0, None), 12, sgd_name),
+        "reltrust Fromage step": (fromage.step, 20, sgd_name),
+        "reltrust Fromage, cache_weight_norm (4 B read-only + 12)": (fromage_cached.step, 16, sgd_name),
+        adam_name: (adam.step, 28, adam_name),
+        "LAMB pass 1 alone (24 B/elt)": (
+            lambda: _native.lamb_pass1(w, g, m, v, one, one, None, torch.empty(1), beta1=0.9, beta2=0.999, **hp),
+            24, adam_name),
+        "LAMB pass 2 alone (16 B/elt)": (
+            lambda: _native.lamb_pass2(w, m, v, one, one, torch.tensor([-1e-9]), **hp), 16, adam_name),
+        "reltrust LAMB step": (lamb.step, 40, adam_name),
+    }
+
+
+SUMS = {  # the passes timed apart, summed
+    "Fromage: norm pass + update pass, timed apart": (
+        ["Fromage norm pass alone (8 B/elt, read-only)", "Fromage update pass alone (12 B/elt)"], 20),
+    "LAMB: pass 1 + pass 2, timed apart": (["LAMB pass 1 alone (24 B/elt)", "LAMB pass 2 alone (16 B/elt)"], 40),
+}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=4096, help="the tensor is size × size float32")
@@ -45,48 +89,31 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if not _native.available():
         sys.exit(f"the native kernels are needed: {_native.describe()}")
-    gen = torch.Generator().manual_seed(0)
     shape = (args.size, args.size)
-    p = torch.nn.Parameter(torch.randn(shape, generator=gen) * 0.02)
-    p.grad = torch.randn(shape, generator=gen) * 1e-3
-    cached = torch.nn.Parameter(p.detach().clone())
-    cached.grad = p.grad
-    w, g = [p.detach()], [p.grad]
-    coef = torch.tensor([-1e-5])
-    sgd = torch.optim.SGD([p], lr=1e-3, momentum=0.9, fused=True)
-    fromage = ro.Fromage([p], lr=0.01)
-    fromage_cached = ro.Fromage([cached], lr=0.01, cache_weight_norm=True)
-    contenders = {
-        "torch SGD-momentum fused (20 B/elt, one pass)": sgd.step,
-        "torch x.add_(y) (12 B/elt, read-write)": lambda: w[0].add_(g[0], alpha=-1e-9),
-        "norm pass alone (8 B/elt, read-only)": lambda: _native.norms(w, g),
-        "update pass alone (12 B/elt, read-write)": lambda: _native.fromage_update(w, g, coef, 1.0, None),
-        "reltrust Fromage step": fromage.step,
-        "reltrust Fromage, cache_weight_norm (4 B read-only + 12)": fromage_cached.step,
-    }
-    for step in contenders.values():  # warm-up: state, kernels, the weight-norm cache
+    steps = contenders(shape, torch.Generator().manual_seed(0))
+    for step, _, _ in steps.values():  # warm-up: state, kernels, the weight-norm cache
         step()
         step()
     scratch = torch.ones(2 * _native._l3_bytes() // 4)  # clean lines: the flush leaves nothing to write back
-    names = list(contenders)
+    names = list(steps)
     times = {name: [] for name in names}
     for r in range(args.rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
             scratch.sum()
             t = time.perf_counter()
-            contenders[name]()
+            steps[name][0]()
             times[name].append(time.perf_counter() - t)
     med = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
-    n = p.numel()
+    n = args.size * args.size
     print(f"# one {args.size}×{args.size} float32 tensor ({n * 4 / 2**20:.0f} MiB), {torch.get_num_threads()} "
           f"threads, medians of {args.rounds} interleaved rounds, caches evicted before each")
-    print("| | ms | GB/s | ratio to SGD-momentum |\n|---|---:|---:|---:|")
-    sgd_ms = med[names[0]]
-    bytes_per = [20, 12, 8, 12, 20, 16]
-    for name, b in zip(names, bytes_per):
-        print(f"| {name} | {med[name]:.2f} | {b * n / med[name] / 1e6:.1f} | {med[name] / sgd_ms:.2f} |")
-    floor = med[names[2]] + med[names[3]]
-    print(f"| norm pass + update pass, timed apart | {floor:.2f} | {20 * n / floor / 1e6:.1f} | {floor / sgd_ms:.2f} |")
+    print("| | ms | GB/s | ratio to its baseline |\n|---|---:|---:|---:|")
+    for name, (_, nbytes, base) in steps.items():
+        print(f"| {name} | {med[name]:.2f} | {nbytes * n / med[name] / 1e6:.1f} | {med[name] / med[base]:.2f} |")
+    for name, (parts, nbytes) in SUMS.items():
+        total = sum(med[part] for part in parts)
+        base = steps[parts[0]][2]
+        print(f"| {name} | {total:.2f} | {nbytes * n / total / 1e6:.1f} | {total / med[base]:.2f} |")
 
 
 if __name__ == "__main__":
