@@ -37,6 +37,7 @@ import ctypes
 import hashlib
 import operator
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,10 @@ from reltrust.optim._cpp.kernels_src import SOURCE
 
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno",
           "-std=c11"]
+#: On x86-64, 256-bit vectors even where the CPU has 512-bit ones: on the benchmark machine (AMD
+#: EPYC with AVX-512) the streaming passes ran faster so in 14 of 15 interleaved comparisons of
+#: whole steps (Fromage, LARS, LAMB; one 4096² matrix and GPT-2 shapes), by up to 20 %.
+_X86_FLAGS = ["-mprefer-vector-width=256"]
 _ABI = 3
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -95,12 +100,16 @@ def _build_dir() -> str:
 
 def _build(cc: str) -> str:
     """The cached library for this source, compiler and CPU, compiled if missing: with
-    -march=native, else (a compiler or assembler that refuses it) for the baseline target."""
+    -march=native (and on x86-64 256-bit vectors), else with the flags a compiler accepts, down to
+    the baseline target."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     directory = _build_dir()
     os.makedirs(directory, exist_ok=True)
     errors = []
-    for flags in (_FLAGS, [f for f in _FLAGS if f != "-march=native"]):
+    tries = [_FLAGS, [f for f in _FLAGS if f != "-march=native"]]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        tries.insert(0, _FLAGS + _X86_FLAGS)
+    for flags in tries:
         key = hashlib.sha256("\0".join([SOURCE, " ".join(flags), version, _cpu_id()]).encode()).hexdigest()[:16]
         target = os.path.join(directory, f"reltrust_kernels_{key}.so")
         if os.path.exists(target):
