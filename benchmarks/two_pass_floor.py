@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import reltrust.optim as ro  # noqa: E402
 from reltrust.optim import _native  # noqa: E402
+from step_speed import cache_flusher  # noqa: E402  (this folder is on sys.path when run as a script)
 
 
 def contenders(shape, gen):
@@ -94,12 +95,12 @@ def main(argv=None):
     for step, _, _ in steps.values():  # warm-up: state, kernels, the weight-norm cache
         step()
         step()
-    scratch = torch.ones(2 * _native._l3_bytes() // 4)  # clean lines: the flush leaves nothing to write back
+    flush = cache_flusher()
     names = list(steps)
     times = {name: [] for name in names}
     for r in range(args.rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            scratch.sum()
+            flush()
             t = time.perf_counter()
             steps[name][0]()
             times[name].append(time.perf_counter() - t)

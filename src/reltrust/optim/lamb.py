@@ -8,7 +8,8 @@ import torch
 from reltrust.optim import _native
 from reltrust.optim import trust_ratio as tr
 from reltrust.optim._base import (
-    Bucket, LayerwiseOptimizer, check_float, fused_choice, ops, per_tensor, scalar_state, state_zeros,
+    Bucket, LayerwiseOptimizer, cache_blocks, check_float, fused_choice, ops, per_tensor, scalar_state,
+    state_zeros,
 )
 
 # Torch path on CPU: the Adam direction u is built for pieces of at most CHUNK elements, BLOCK
@@ -193,10 +194,9 @@ def lamb_update(
     t = torch.stack(steps).to(device=params[0].device, dtype=params[0].dtype)
     bias1 = 1.0 - torch.pow(beta1, t)
     bias2_sqrt = (1.0 - torch.pow(beta2, t)).sqrt_()
-    if params[0].device.type == "cpu":
-        blocks = list(_blocks(_pieces([params, exp_avgs, exp_avg_sqs])))
-    else:  # as cache_blocks: whole tensors in one block, one multi-tensor kernel per op
-        blocks = [[(i, list(group)) for i, group in enumerate(zip(params, exp_avgs, exp_avg_sqs))]]
+    # (tensor index, [W, m, v] piece) per block: cache-sized blocks on CPU, one block elsewhere
+    blocks = [list(zip(idx, map(list, zip(*lists)))) for idx, lists in
+              cache_blocks([params, exp_avgs, exp_avg_sqs], foreach=True)]
     pieces = [piece for block in blocks for piece in block]
     owner = torch.tensor([i for i, _ in pieces], device=t.device)
     piece_bias1 = per_tensor(bias1.index_select(0, owner))
