@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from reltrust.workbench.train import build_optimizer, evaluate, fit
+from reltrust.workbench.tasks.classify import evaluate
+from reltrust.workbench.train import build_optimizer, fit
 
 
 def _strip_timing(history):

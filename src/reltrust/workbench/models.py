@@ -1,5 +1,5 @@
 """Models for the workbench studies: the paper's deep MLP, a small CNN, a small character
-Transformer, and a small class-conditional GAN pair.
+Transformer, a small class-conditional GAN pair, and the random-features model of regression.
 
 Every constructor validates its arguments and raises ``ValueError`` naming the argument and the
 allowed range. ``build_model(name, dataset, **kwargs)`` builds "mlp", "cnn" or "transformer" from a
@@ -24,6 +24,7 @@ __all__ = [
     "Discriminator",
     "Generator",
     "MLP",
+    "RandomFeatures",
     "SmallCNN",
     "build_model",
     "init_linear_",
@@ -427,6 +428,36 @@ class Discriminator(nn.Module):
             raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
         h = self.act(self.fc2(self.act(self.fc1(x.flatten(1)))))
         return self.out(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Random features (regression)
+
+
+class RandomFeatures(nn.Module):
+    """A random-features model: fixed random ReLU features, then a trainable linear read-out.
+
+    ``f(x) = head(relu(x.flatten(1) @ W.T / sqrt(in_features)) / sqrt(features))`` with ``W``
+    (features × in_features) drawn N(0, 1) once (a buffer, never trained) and ``head`` a bias-free
+    ``nn.Linear(features, out_features)`` initialised to zero, so training it is least squares in the
+    features (scaled so that their kernel stays O(1) at any width): the model of double descent as
+    ``features`` crosses the number of training examples."""
+
+    def __init__(self, in_features: int, out_features: int, features: int = 100) -> None:
+        super().__init__()
+        self.in_features = _int("in_features", in_features, 1)
+        self.out_features = _int("out_features", out_features, 1)
+        self.features = _int("features", features, 1)
+        self.register_buffer("projection", torch.randn(self.features, self.in_features))
+        self.head = nn.Linear(self.features, self.out_features, bias=False)
+        nn.init.zeros_(self.head.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        phi = F.relu(x.flatten(1) @ self.projection.T / math.sqrt(self.in_features)) / math.sqrt(self.features)
+        return self.head(phi)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, features={self.features}, out_features={self.out_features}"
 
 
 # --------------------------------------------------------------------------------------------

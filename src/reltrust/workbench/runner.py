@@ -32,7 +32,7 @@ from typing import Any
 
 from reltrust.workbench.spec import RunSpec
 from reltrust.workbench.store import Store
-from reltrust.workbench.train import RunResult
+from reltrust.workbench.results import RunRecord as RunResult
 
 
 def sweep(

@@ -5,7 +5,12 @@ A spec is a frozen dataclass. Its `key` is the sha256 of a canonical JSON render
 machine and in every Python session: the results store uses it as the primary key, which is what lets an
 interrupted sweep resume without redoing finished runs.
 
-Keyword-argument fields (`model_kwargs`, `optimizer_kwargs`, `schedule_kwargs`, `probe`) accept a dict and
+Fields added after the first protocol (`task`, `steps`, `task_kwargs`, the second optimiser's `optimizer2`,
+`lr2`, `optimizer2_kwargs`) enter the key only where they differ from their defaults, so every spec that
+could be written before they existed keeps its key and its stored result.
+
+Keyword-argument fields (`model_kwargs`, `optimizer_kwargs`, `schedule_kwargs`, `probe`, `task_kwargs`,
+`optimizer2_kwargs`) accept a dict and
 are stored as a sorted tuple of ``(name, value)`` pairs, so a spec stays hashable and immutable; read them
 back as dicts with `spec.kwargs("model")` etc. Execution details that do not change the experiment
 (device, threads, data folder) are not part of a spec; `fit` records them beside the result.
@@ -26,7 +31,9 @@ PROTOCOL = "reltrust.fit/1"
 SCHEDULES = ("constant", "step", "exponential", "robbins_monro", "warmup", "cosine")
 INTERVALS = ("epoch", "step")
 
-_KWARG_FIELDS = ("model_kwargs", "optimizer_kwargs", "schedule_kwargs", "probe")
+_KWARG_FIELDS = ("model_kwargs", "optimizer_kwargs", "schedule_kwargs", "probe", "task_kwargs", "optimizer2_kwargs")
+# Fields that entered the spec after PROTOCOL 1: left out of the canonical JSON at their default value.
+_LATER_FIELDS = ("task", "steps", "task_kwargs", "optimizer2", "lr2", "optimizer2_kwargs")
 
 
 def _freeze(value: Any) -> Any:
@@ -82,6 +89,12 @@ class RunSpec:
     - `seed`: initialisation, minibatch order and dropout. `epochs`, `batch_size`: the budget.
     - `patience`: early stopping on validation loss (0 = off); `min_delta` the required improvement.
     - `probe`: an optional measurement at checkpoints (see `reltrust.workbench.train.fit`).
+    - `task`: what the run trains and measures, one of `reltrust.workbench.tasks.TASKS` (``"classify"``,
+      ``"charlm"``, ``"gan"``, ``"regress"``); `task_kwargs` its own settings (see each task).
+    - `steps`: a budget of optimiser steps (0 = none: `epochs` alone sets the length). With both, the
+      run stops at whichever comes first; the last, partial epoch is evaluated.
+    - `optimizer2`, `lr2`, `optimizer2_kwargs`: the second player's optimiser in a two-player task (the
+      GAN's discriminator); empty for one-player tasks.
     """
 
     study: str
@@ -103,6 +116,12 @@ class RunSpec:
     val_fraction: float = 0.1
     split_seed: int = 0
     probe: Any = ()
+    task: str = "classify"
+    steps: int = 0
+    task_kwargs: Any = ()
+    optimizer2: str = ""
+    lr2: float = 0.0
+    optimizer2_kwargs: Any = ()
 
     def __post_init__(self) -> None:
         for name in _KWARG_FIELDS:
@@ -117,12 +136,12 @@ class RunSpec:
                 raise TypeError(f"RunSpec.{name}: expected a dict, got {type(value).__name__}")
             object.__setattr__(self, name, value)
         # Canonical number types: lr=1 and lr=1.0 are the same run and must have the same key.
-        for name in ("lr", "weight_decay", "min_delta", "val_fraction"):
+        for name in ("lr", "weight_decay", "min_delta", "val_fraction", "lr2"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise TypeError(f"RunSpec.{name}: expected a number, got {v!r}")
             object.__setattr__(self, name, float(v))
-        for name in ("seed", "epochs", "batch_size", "patience", "split_seed"):
+        for name in ("seed", "epochs", "batch_size", "patience", "split_seed", "steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"RunSpec.{name}: expected an int, got {v!r}")
@@ -132,13 +151,22 @@ class RunSpec:
             raise ValueError(f"RunSpec.schedule_interval: {self.schedule_interval!r} is not one of {INTERVALS}")
         if self.epochs < 0 or self.batch_size < 1 or self.patience < 0:
             raise ValueError("RunSpec: epochs >= 0, batch_size >= 1 and patience >= 0 are required")
-        if not (self.lr >= 0 and math.isfinite(self.lr)):
-            raise ValueError(f"RunSpec.lr must be finite and >= 0, got {self.lr}")
+        if self.steps < 0:
+            raise ValueError(f"RunSpec.steps must be >= 0 (0: no step budget), got {self.steps}")
+        for name in ("lr", "lr2"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"RunSpec.{name} must be finite and >= 0, got {v}")
+        for name in ("study", "dataset", "model", "optimizer", "task", "optimizer2"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"RunSpec.{name}: expected a str, got {getattr(self, name)!r}")
+        if not self.task:
+            raise ValueError("RunSpec.task must name a task (e.g. 'classify')")
         self.canonical_json()  # fail early on values without a canonical form
 
     # ---- views -----------------------------------------------------------------------------------
     def kwargs(self, which: str) -> dict[str, Any]:
-        """`which` in model|optimizer|schedule|probe: that field as a plain dict."""
+        """`which` in model|optimizer|schedule|probe|task|optimizer2: that field as a plain dict."""
         name = which if which == "probe" else f"{which}_kwargs"
         return _pairs_to_dict(getattr(self, name))
 
@@ -161,7 +189,10 @@ class RunSpec:
     def canonical_json(self) -> str:
         body = {"protocol": PROTOCOL}
         for f in dataclasses.fields(self):
-            body[f.name] = _jsonable(getattr(self, f.name))
+            value = getattr(self, f.name)
+            if f.name in _LATER_FIELDS and value == _DEFAULTS[f.name]:
+                continue
+            body[f.name] = _jsonable(value)
         return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
     @property
@@ -175,4 +206,11 @@ class RunSpec:
     def label(self) -> str:
         """A short human-readable description (not unique; use `key` for identity)."""
         mk = ",".join(f"{k}={v}" for k, v in self.kwargs("model").items())
-        return f"{self.study}/{self.dataset}/{self.model}({mk})/{self.optimizer}@{self.lr:g}/seed{self.seed}"
+        opt = f"{self.optimizer}@{self.lr:g}"
+        if self.optimizer2:
+            opt += f"+{self.optimizer2}@{self.lr2:g}"
+        task = "" if self.task == "classify" else f"{self.task}:"
+        return f"{self.study}/{task}{self.dataset}/{self.model}({mk})/{opt}/seed{self.seed}"
+
+
+_DEFAULTS = {f.name: (() if f.name in _KWARG_FIELDS else f.default) for f in dataclasses.fields(RunSpec)}

@@ -29,8 +29,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from reltrust.workbench.results import FINISHED, RunRecord
 from reltrust.workbench.spec import RunSpec
-from reltrust.workbench.train import RunResult
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -57,8 +57,6 @@ CREATE TABLE IF NOT EXISTS epochs (
     PRIMARY KEY (key, epoch)
 );
 """
-
-FINISHED = ("ok", "diverged")
 
 
 def _dumps(obj: Any) -> str:
@@ -102,17 +100,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
-class Record:
-    """One stored run, as read back: `spec`, `status`, `error`, `final`, `history`, `probes`, `info`."""
-
-    __slots__ = ("key", "spec", "status", "error", "final", "history", "probes", "info", "recorded")
-
-    def __init__(self, key, spec, status, error, final, history, probes, info, recorded):
-        self.key, self.spec, self.status, self.error = key, spec, status, error
-        self.final, self.history, self.probes, self.info, self.recorded = final, history, probes, info, recorded
-
-    def __repr__(self) -> str:
-        return f"Record({self.spec.label()}, status={self.status!r})"
+Record = RunRecord  # what the store reads back is the record type the runner writes
 
 
 class Store:
@@ -138,7 +126,7 @@ class Store:
         self.close()
 
     # ---- writing -----------------------------------------------------------------------------------
-    def record(self, result: RunResult) -> None:
+    def record(self, result: RunRecord) -> None:
         """Insert or replace one run and its epochs, in one transaction."""
         spec = result.spec
         key = spec.key
@@ -224,8 +212,8 @@ class Store:
                 for (m,) in self._db.execute("SELECT metrics FROM epochs WHERE key = ? ORDER BY epoch", (key,))
             ]
             out.append(
-                Record(key, RunSpec.from_dict(json.loads(spec)), status, error, json.loads(final), hist,
-                       json.loads(probes), json.loads(info), recorded)
+                RunRecord(spec=RunSpec.from_dict(json.loads(spec)), status=status, history=hist, final=json.loads(final),
+                          error=error, probes=json.loads(probes), info=json.loads(info), key=key, recorded=recorded)
             )
         return out
 

@@ -1,96 +1,60 @@
-"""The training loop: `fit(spec) -> RunResult`. It knows nothing of studies, processes or storage.
+"""The training loop: `fit(spec) -> RunRecord`, the lecture notes' loop around any task. It names no
+task and knows nothing of studies, processes or storage: the spec names its task
+(`reltrust.workbench.tasks`), which builds the data and model(s), takes each step and measures.
 
-What one run does (the lecture notes' practice):
+What one run does:
 
-- `torch.manual_seed(spec.seed)` before the model is built (initialisation, then dropout), and a separate
-  `torch.Generator` seeded with `spec.seed` that reshuffles the training set at every epoch. The same spec
-  gives bit-identical metrics in the same process setup (same torch build, device and thread count —
-  the thread count can change the order of floating-point sums in CPU matmuls, so it is recorded).
-- Minibatches of `spec.batch_size` from the reshuffled order; the last, smaller batch is kept.
-- The learning rate follows `spec.schedule` (see `reltrust.workbench.schedules`), stepped once per epoch
-  or once per optimiser step (`spec.schedule_interval`).
-- After every epoch (and once before training, as epoch 0) the model is evaluated **in eval mode over
-  the whole training set** and over the validation set: ``train_loss``, ``train_acc``, ``val_loss``,
-  ``val_acc``. The running averages over the epoch's minibatches (weights changing as they go, dropout
-  on) are kept too, as ``train_loss_running`` and ``train_acc_running``. "Train accuracy of the last
-  epoch" in the studies means ``train_acc`` of the last history entry: the eval-mode measurement.
-- A non-finite minibatch loss ends the run at once with status ``"diverged"`` (a result, not a crash);
-  the model is evaluated as it stands (a non-finite logit row counts as a wrong prediction).
-- Early stopping (``spec.patience > 0``): stop after `patience` epochs without a validation loss below
-  the best so far minus `min_delta`; the weights of the best epoch are restored and the final metrics
-  are those of that epoch.
-- At the end the test set, when the dataset has one, is evaluated once (``test_loss``, ``test_acc``).
-- `spec.probe` (optional) runs a measurement at chosen epochs on a fixed batch of training examples; the
-  one known is ``{"name": "perturbation", "at_epochs": [...], "etas": [...], "batch": n}`` which calls
-  `reltrust.trust.perturbation_probe` on a copy of the model (the run itself is not disturbed: same
-  weights, gradients and random-number state afterwards).
+- The task loads its data; then `torch.manual_seed(spec.seed)` before the model(s) are built
+  (initialisation, then dropout), and a separate `torch.Generator` seeded with `spec.seed` from which
+  the task draws every epoch's minibatches (a reshuffled training set, or random text blocks). The
+  same spec gives bit-identical metrics in the same process setup (same torch build, device and
+  thread count — the thread count can change the order of floating-point sums in CPU matmuls, so it
+  is recorded).
+- One optimiser per player of the task (`spec.optimizer`, `lr`, `optimizer_kwargs` for the first;
+  `optimizer2`, `lr2`, `optimizer2_kwargs` for a second, e.g. a GAN's discriminator), each with
+  `spec.weight_decay` (0: none at all; > 0: biases and norm layers excluded, see `build_optimizer`).
+- The length: `spec.epochs` epochs, or a budget of `spec.steps` optimiser steps (whichever ends first
+  when both are given; `epochs=0` with a step budget: as many epochs as the budget needs). The
+  learning rate of every optimiser follows `spec.schedule` (`reltrust.workbench.schedules`), stepped
+  once per epoch or once per optimiser step (`spec.schedule_interval`).
+- After every epoch (and once before training, as epoch 0) the task evaluates its metrics in eval
+  mode on the training and validation splits (``train_loss``, ``val_loss``, ... ; None where a split
+  is empty). The running averages over the epoch's minibatches (weights changing as they go,
+  dropout on) are kept too, as ``train_<metric>_running``.
+- A non-finite training loss ends the run at once with status ``"diverged"`` (a result, not a crash);
+  the model is evaluated as it stands and the last epoch is marked ``partial``.
+- Early stopping (``spec.patience > 0``): stop after `patience` epochs without a value of the task's
+  monitored metric (the validation loss) below the best so far minus `min_delta`; the weights of the
+  best epoch are restored and the final metrics are those of that epoch.
+- At the end the test split, when the task has one, is evaluated once (``test_<metric>``).
+- `spec.probe` (optional) runs the task's measurement at chosen epochs (``"at_epochs"``) on an
+  unwrapped copy of the first player's model; the run itself is not disturbed.
 - ``parallel="fsdp"`` or ``"ddp"`` (under torchrun, the default process group initialised): every rank
-  builds the same model from the seed, wraps it (FSDP2: one `fully_shard` unit per layer, then the
-  root; or DDP), walks the same shuffled order, and takes its slice of every minibatch. Each rank's
-  loss is its slice's *sum* × world/batch, so the averaged gradient is exactly the gradient of the
-  minibatch's mean loss: the same steps as one process, up to float rounding. Evaluation and probes
-  run on every rank on the whole data (probes on a gathered, unsharded copy); every rank returns the
-  same result, and the caller records rank 0's.
+  builds the same model(s) from the seed, wraps them (FSDP2: one `fully_shard` unit per module with
+  parameters, then the root; or DDP), draws the same minibatches, and trains its slice of every one
+  (see `reltrust.workbench.tasks.base.Shard`): the same steps as one process, up to float rounding.
+  Evaluation and probes run on every rank on the whole data (probes on a gathered, unsharded copy);
+  every rank returns the same result, and the caller records rank 0's.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
-import functools
 import inspect
 import math
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from reltrust.workbench.results import RunRecord
 from reltrust.workbench.schedules import build_scheduler
 from reltrust.workbench.spec import RunSpec
+from reltrust.workbench.tasks import Shard, Task, make_task
 
-STATUSES = ("ok", "diverged", "crashed")
-
-
-@dataclasses.dataclass
-class RunResult:
-    """The outcome of one run.
-
-    `history`: one dict per evaluated epoch (epoch 0 = before training), with ``epoch``, ``lr`` (the
-    learning rate of the epoch's first step; None for epoch 0), the metrics named in the module doc and
-    ``seconds`` (wall time of that epoch's training). `final`: the metrics the run ends with (see module
-    doc) plus ``epochs_run``, ``steps``, ``best_epoch``, ``stopped_early``, ``diverged_at`` (None or
-    ``{"epoch", "step"}``). `error`: traceback text of a crash. `info`: where and how fast it ran.
-    """
-
-    spec: RunSpec
-    status: str
-    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    final: dict[str, Any] = dataclasses.field(default_factory=dict)
-    error: str | None = None
-    probes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    info: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"RunResult.status must be one of {STATUSES}, got {self.status!r}")
-
-
-# ------------------------------------------------------------------------------------------- data
-@functools.lru_cache(maxsize=8)
-def _load(name: str, data_dir: str | None, val_fraction: float, split_seed: int):
-    from reltrust.workbench.data import load_dataset
-
-    return load_dataset(name, data_dir=data_dir, val_fraction=val_fraction, seed=split_seed)
-
-
-def _as_tensors(x: Any, y: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
-    if x is None or y is None or len(y) == 0:
-        return None
-    xt = torch.as_tensor(x)
-    if xt.is_floating_point():
-        xt = xt.float()
-    return xt.to(device), torch.as_tensor(y).long().to(device)
+RunResult = RunRecord  # the name this module used before the record type was shared with the store
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -103,61 +67,25 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-# -------------------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy in eval mode. A row with a non-finite logit is a wrong answer."""
-    was_training = model.training
-    model.eval()
-    total_loss, correct, n = 0.0, 0, len(y)
-    for i in range(0, n, batch_size):
-        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        out = model(xb)
-        total_loss += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
-        ok = torch.isfinite(out).all(dim=1)
-        correct += int(((out.argmax(dim=1) == yb) & ok).sum())
-    model.train(was_training)
-    return total_loss / n, correct / n
-
-
-def _eval_entry(model, train, val, epoch, lr, extra) -> dict[str, Any]:
-    entry: dict[str, Any] = {"epoch": epoch, "lr": lr}
-    entry["train_loss"], entry["train_acc"] = evaluate(model, *train)
-    if val is not None:
-        entry["val_loss"], entry["val_acc"] = evaluate(model, *val)
-    else:
-        entry["val_loss"] = entry["val_acc"] = None
-    entry.update(extra)
-    return entry
-
-
 # -------------------------------------------------------------------------------------- optimiser
-def build_optimizer(spec: RunSpec, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(spec: RunSpec, model: nn.Module, player: int = 0) -> torch.optim.Optimizer:
+    """The optimiser of player `player` (0: `spec.optimizer`, `lr`, `optimizer_kwargs`; 1: `optimizer2`,
+    `lr2`, `optimizer2_kwargs`) over `model`'s parameters, with `spec.weight_decay`."""
     from reltrust.optim import create, get, param_groups
 
-    kwargs = spec.kwargs("optimizer")
+    field = "optimizer" if player == 0 else "optimizer2"
+    name, lr = (spec.optimizer, spec.lr) if player == 0 else (spec.optimizer2, spec.lr2)
+    kwargs = spec.kwargs(field)
     if "weight_decay" in kwargs or "lr" in kwargs:
-        raise ValueError("RunSpec.optimizer_kwargs: give lr and weight_decay as RunSpec.lr / RunSpec.weight_decay")
-    cls = get(spec.optimizer)
+        raise ValueError(f"RunSpec.{field}_kwargs: give lr and weight_decay as RunSpec.{'lr' if player == 0 else 'lr2'}"
+                         " / RunSpec.weight_decay")
+    cls = get(name)
     if spec.weight_decay > 0:
-        return create(cls, param_groups(model, spec.weight_decay), lr=spec.lr, **kwargs)
+        return create(cls, param_groups(model, spec.weight_decay), lr=lr, **kwargs)
     # weight_decay 0 means none at all: AdamW's default of 0.01 must not slip in unasked.
     if "weight_decay" in inspect.signature(cls.__init__).parameters:
         kwargs["weight_decay"] = 0.0
-    return create(cls, model, lr=spec.lr, **kwargs)
-
-
-# ------------------------------------------------------------------------------------------ probe
-def _run_probe(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], probe: dict[str, Any]) -> dict[str, Any]:
-    name = probe.get("name", "perturbation")
-    if name != "perturbation":
-        raise ValueError(f"unknown probe {name!r}; known: perturbation")
-    from reltrust.trust import perturbation_probe
-
-    # The probe works on a deep copy in eval mode and leaves the model, its grads and the RNG as they were.
-    kwargs = {k: v for k, v in probe.items() if k in ("layers", "mode") and v is not None}
-    result = perturbation_probe(model, nn.functional.cross_entropy, batch, [float(e) for e in probe["etas"]], **kwargs)
-    return result.to_dict()
+    return create(cls, model, lr=lr, **kwargs)
 
 
 # ----------------------------------------------------------------------------- data parallelism
@@ -181,22 +109,29 @@ def _parallelize(model: nn.Module, parallel: str, dev: torch.device) -> nn.Modul
     return fully_shard(model, mesh=mesh)
 
 
-def _unwrapped(model: nn.Module, spec: RunSpec, data: Any, parallel: str | None, dev: torch.device) -> nn.Module:
-    """A plain module with `model`'s current weights: itself, DDP's module, or a gathered FSDP copy."""
+def _unwrapped(task: Task, models: Mapping[str, nn.Module], parallel: str | None) -> nn.Module:
+    """A plain module with the first player's current weights: itself, DDP's module, or a gathered
+    FSDP copy."""
+    model = models[task.PLAYERS[0]]
     if parallel is None:
         return model
     if parallel == "ddp":
         return model.module
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from reltrust.workbench.models import build_model
-
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))  # a collective
     with torch.random.fork_rng(devices=[]):
-        plain = build_model(spec.model, data, **spec.kwargs("model")).to(dev)
+        plain = task.build()[task.PLAYERS[0]]
     plain.load_state_dict(full)
     plain.train(model.training)
     return plain
+
+
+def _evaluate(task: Task, models: Mapping[str, nn.Module], split: str) -> dict[str, Any]:
+    """``<split>_<metric>`` for every metric of the task (None where the split is empty)."""
+    if not task.has_split(split):
+        return {f"{split}_{m}": None for m in task.METRICS}
+    return {f"{split}_{m}": v for m, v in task.evaluate(models, split).items()}
 
 
 # -------------------------------------------------------------------------------------------- fit
@@ -207,12 +142,12 @@ def fit(
     data_dir: str | None = None,
     progress: bool | None = None,
     parallel: str | None = None,
-) -> RunResult:
+) -> RunRecord:
     """Train and evaluate one run as `spec` says (see the module doc). Errors propagate to the caller
     (the runner records them as crashes); divergence does not raise. `parallel`: None, "fsdp" or
     "ddp" (needs an initialised default process group; every rank calls `fit`)."""
     t_start = time.perf_counter()
-    rank, world = 0, 1
+    shard = None
     if parallel is not None:
         import torch.distributed as dist
 
@@ -221,48 +156,46 @@ def fit(
         if not dist.is_initialized():
             raise RuntimeError("fit(parallel=...) needs the default process group: start under torchrun "
                                "and call reltrust.distributed.init_distributed() first")
-        rank, world = dist.get_rank(), dist.get_world_size()
+        shard = Shard(dist.get_rank(), dist.get_world_size())
     dev = resolve_device(device)
-    data = _load(spec.dataset, data_dir, spec.val_fraction, spec.split_seed)
-    if getattr(data, "kind", "image") == "text":
-        raise NotImplementedError("fit: text datasets (next-token prediction) are not supported by this loop yet")
-    train = _as_tensors(data.x_train, data.y_train, dev)
-    if train is None:
-        raise ValueError(f"dataset {spec.dataset!r} has an empty training set")
-    val = _as_tensors(data.x_val, data.y_val, dev)
-    test = _as_tensors(getattr(data, "x_test", None), getattr(data, "y_test", None), dev)
-    if spec.patience > 0 and val is None:
-        raise ValueError("early stopping (patience > 0) needs a validation set (val_fraction > 0)")
+    task = make_task(spec, device=dev, data_dir=data_dir)
+    if parallel is not None and not task.PARALLEL:
+        raise ValueError(f"parallel={parallel!r}: task {spec.task!r} cannot be split over ranks")
+    if spec.patience > 0 and (task.MONITOR is None or not task.has_split("val")):
+        raise ValueError("early stopping (patience > 0) needs a validation set (val_fraction > 0)"
+                         if task.MONITOR else f"RunSpec.patience: task {spec.task!r} has no metric to stop on")
 
     torch.manual_seed(spec.seed)
-    from reltrust.workbench.models import build_model
-
-    model = build_model(spec.model, data, **spec.kwargs("model")).to(dev)
+    models = task.build()
     if parallel is not None:
-        model = _parallelize(model, parallel, dev)
-    optimizer = build_optimizer(spec, model)
-    n = len(train[1])
-    steps_per_epoch = math.ceil(n / spec.batch_size)
+        models = {k: _parallelize(m, parallel, dev) for k, m in models.items()}
+    optimizers = {p: build_optimizer(spec, models[p], i) for i, p in enumerate(task.PLAYERS)}
+    steps_per_epoch = task.steps_per_epoch
+    n_epochs = spec.epochs
+    if spec.steps:
+        budget_epochs = -(-spec.steps // steps_per_epoch)
+        n_epochs = budget_epochs if spec.epochs == 0 else min(spec.epochs, budget_epochs)
+    max_steps = spec.steps or n_epochs * steps_per_epoch
     per_step = spec.schedule_interval == "step"
-    total_units = spec.epochs * (steps_per_epoch if per_step else 1)
-    scheduler = build_scheduler(optimizer, spec.schedule, total_units, **spec.kwargs("schedule"))
+    total_units = min(max_steps, n_epochs * steps_per_epoch) if per_step else n_epochs
+    schedulers = [build_scheduler(opt, spec.schedule, total_units, **spec.kwargs("schedule"))
+                  for opt in optimizers.values()]
     shuffle = torch.Generator().manual_seed(spec.seed)
+    first = optimizers[task.PLAYERS[0]]
 
     probe = spec.kwargs("probe")
     probe_epochs = set(int(e) for e in probe.get("at_epochs", ())) if probe else set()
-    probe_batch = None
-    if probe:
-        pn = min(int(probe.get("batch", n)), n)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(spec.split_seed))[:pn].to(dev)
-        probe_batch = (train[0][order], train[1][order])
     probes: list[dict[str, Any]] = []
 
-    result = RunResult(spec=spec, status="ok")
+    def evaluated(epoch: int, lr: float | None, extra: dict[str, Any]) -> dict[str, Any]:
+        return {"epoch": epoch, "lr": lr, **_evaluate(task, models, "train"), **_evaluate(task, models, "val"), **extra}
+
+    no_running = {f"train_{m}_running": None for m in task.RUNNING}
     t_eval = time.perf_counter()
-    history = [_eval_entry(model, train, val, 0, None, {"train_loss_running": None, "train_acc_running": None, "seconds": 0.0})]
+    history = [evaluated(0, None, {**no_running, "seconds": 0.0})]
     eval_seconds = time.perf_counter() - t_eval
     if 0 in probe_epochs:
-        probes.append({"epoch": 0, "step": 0, **_run_probe(_unwrapped(model, spec, data, parallel, dev), probe_batch, probe)})
+        probes.append({"epoch": 0, "step": 0, **task.probe(_unwrapped(task, models, parallel), probe)})
 
     if progress is None:
         progress = sys.stderr.isatty()
@@ -270,122 +203,100 @@ def fit(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=spec.epochs, desc=spec.label(), unit="epoch", leave=False, disable=not progress)
+        bar = tqdm(total=n_epochs, desc=spec.label(), unit="epoch", leave=False, disable=not progress)
 
     step, train_seconds, samples = 0, 0.0, 0
     best_val, best_epoch, best_state, bad_epochs, stopped_early = math.inf, None, None, 0, False
     diverged_at = None
-    x, y = train
-    model.train()
-    for epoch in range(1, spec.epochs + 1):
+    for m in models.values():
+        m.train()
+    for epoch in range(1, n_epochs + 1):
         t0 = time.perf_counter()
-        lr_epoch = optimizer.param_groups[0]["lr"]
-        perm = torch.randperm(n, generator=shuffle).to(dev)
-        run_loss, run_correct, run_n = 0.0, 0, 0
-        for i in range(steps_per_epoch):
-            idx = perm[i * spec.batch_size : (i + 1) * spec.batch_size]
-            bs = len(idx)
-            optimizer.zero_grad(set_to_none=True)
-            if parallel is None:
-                xb, yb = x[idx], y[idx]
-                out = model(xb)
-                loss = nn.functional.cross_entropy(out, yb)
-                loss.backward()
-                correct = (out.detach().argmax(dim=1) == yb).sum()
-            else:  # this rank's slice; sum × world/bs so that the ranks' averaged gradient is the mean's
-                mine = idx.tensor_split(world)[rank]
-                xb, yb = x[mine], y[mine]
-                out = model(xb)
-                loss_sum = nn.functional.cross_entropy(out, yb, reduction="sum")
-                (loss_sum * (world / bs)).backward()
-                stats = torch.stack([loss_sum.detach(), (out.detach().argmax(dim=1) == yb).sum().to(loss_sum.dtype)])
-                torch.distributed.all_reduce(stats)
-                loss, correct = stats[0] / bs, stats[1]
-            optimizer.step()
+        lr_epoch = first.param_groups[0]["lr"]
+        sums = dict.fromkeys(task.RUNNING, 0.0)
+        run_n = 0
+        for batch in task.epoch(shuffle):
+            out = task.train_step(models, optimizers, batch, shard)
             step += 1
-            lv = float(loss.detach())
-            samples += bs
-            if not math.isfinite(lv):
-                diverged_at = {"epoch": epoch, "step": step, "loss": lv}
+            samples += out.n
+            if not math.isfinite(out.loss):
+                diverged_at = {"epoch": epoch, "step": step, "loss": out.loss}
                 break
-            run_loss += lv * bs
-            run_correct += int(correct)
-            run_n += bs
+            for k, v in out.sums.items():
+                sums[k] += v
+            run_n += out.n
             if per_step:
-                scheduler.step()
+                for s in schedulers:
+                    s.step()
+            if step >= max_steps:
+                break
         if not per_step and diverged_at is None:
-            scheduler.step()
+            for s in schedulers:
+                s.step()
         seconds = time.perf_counter() - t0
         train_seconds += seconds
         t_eval = time.perf_counter()
-        extra = {
-            "train_loss_running": run_loss / run_n if run_n else None,
-            "train_acc_running": run_correct / run_n if run_n else None,
-            "seconds": seconds,
-        }
+        extra = {f"train_{k}_running": (v / run_n if run_n else None) for k, v in sums.items()}
+        extra["seconds"] = seconds
         if diverged_at is not None:
             extra["partial"] = True
-        entry = _eval_entry(model, train, val, epoch, lr_epoch, extra)
+        entry = evaluated(epoch, lr_epoch, extra)
         history.append(entry)
         eval_seconds += time.perf_counter() - t_eval
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(train_acc=f"{entry['train_acc']:.3f}", loss=f"{entry['train_loss']:.3g}")
+            bar.set_postfix({k: f"{entry[k]:.3g}" for k in list(entry)[2:4] if entry[k] is not None})
         if diverged_at is not None:
             break
         if epoch in probe_epochs:
-            probes.append({"epoch": epoch, "step": step,
-                           **_run_probe(_unwrapped(model, spec, data, parallel, dev), probe_batch, probe)})
+            probes.append({"epoch": epoch, "step": step, **task.probe(_unwrapped(task, models, parallel), probe)})
         if spec.patience > 0:
-            vl = entry["val_loss"]
+            vl = entry[task.MONITOR]
             if math.isfinite(vl) and vl < best_val - spec.min_delta:
                 best_val, best_epoch, bad_epochs = vl, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = {k: copy.deepcopy(m.state_dict()) for k, m in models.items()}
             else:
                 bad_epochs += 1
                 if bad_epochs >= spec.patience:
                     stopped_early = True
                     break
+        if step >= max_steps:
+            break
     if bar is not None:
         bar.close()
 
     final_entry = history[-1]
     if spec.patience > 0 and best_state is not None and diverged_at is None:
-        model.load_state_dict(best_state)
+        for k, m in models.items():
+            m.load_state_dict(best_state[k])
         final_entry = history[best_epoch]
-    final = {k: final_entry[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
+    final = {k: v for k, v in final_entry.items() if k.startswith(("train_", "val_"))}
     final.update(
-        train_loss_running=final_entry.get("train_loss_running"),
-        train_acc_running=final_entry.get("train_acc_running"),
         epochs_run=history[-1]["epoch"],
         steps=step,
         best_epoch=best_epoch,
         stopped_early=stopped_early,
         diverged_at=diverged_at,
     )
-    if test is not None:
-        final["test_loss"], final["test_acc"] = evaluate(model, *test)
-    else:
-        final["test_loss"] = final["test_acc"] = None
+    final.update(_evaluate(task, models, "test"))
 
-    result.status = "diverged" if diverged_at is not None else "ok"
-    result.history = history
-    result.final = final
-    result.probes = probes
-    result.info = {
-        "device": str(dev),
-        "parallel": parallel,
-        "world_size": world,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "data_source": getattr(data, "source", None),
-        "num_classes": getattr(data, "num_classes", None),
-        "n_train": n,
-        "n_val": 0 if val is None else len(val[1]),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "wall_seconds": time.perf_counter() - t_start,
-        "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
-        "samples_per_second": samples / train_seconds if train_seconds > 0 else None,
-    }
-    return result
+    return RunRecord(
+        spec=spec,
+        status="diverged" if diverged_at is not None else "ok",
+        history=history,
+        final=final,
+        probes=probes,
+        info={
+            "device": str(dev),
+            "parallel": parallel,
+            "world_size": 1 if shard is None else shard.world,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            **task.info(),
+            "parameters": sum(p.numel() for m in models.values() for p in m.parameters()),
+            "wall_seconds": time.perf_counter() - t_start,
+            "train_seconds": train_seconds,
+            "eval_seconds": eval_seconds,
+            "samples_per_second": samples / train_seconds if train_seconds > 0 else None,
+        },
+    )

@@ -1,0 +1,137 @@
+"""Image (and vector) classification: an MLP or a small CNN, cross-entropy, accuracy.
+
+- Data: `spec.dataset` loaded with `spec.val_fraction` and `spec.split_seed` (image or vector data).
+- One epoch: a permutation of the training set drawn from `fit`'s generator, cut into minibatches
+  of `spec.batch_size` (the last, smaller one kept).
+- Metrics on every split, in eval mode over the whole split: ``loss`` (mean cross-entropy) and
+  ``acc`` (accuracy; a row with a non-finite logit is a wrong answer). The running averages of the
+  minibatch loss and accuracy over an epoch are ``train_loss_running`` and ``train_acc_running``.
+- Probe ``{"name": "perturbation", "at_epochs": [...], "etas": [...], "batch": n}``:
+  `reltrust.trust.perturbation_probe` on a fixed set of `n` training examples (drawn with
+  `spec.split_seed`), on a copy of the model: the run itself is not disturbed.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from reltrust.workbench.tasks.base import Shard, Step, Task, TaskError, load_cached
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy in eval mode. A row with a non-finite logit is a wrong answer."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, n = 0.0, 0, len(y)
+    for i in range(0, n, batch_size):
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        out = model(xb)
+        total_loss += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
+        ok = torch.isfinite(out).all(dim=1)
+        correct += int(((out.argmax(dim=1) == yb) & ok).sum())
+    model.train(was_training)
+    return total_loss / n, correct / n
+
+
+def _as_tensors(x: Any, y: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if x is None or y is None or len(y) == 0:
+        return None
+    xt = torch.as_tensor(x)
+    if xt.is_floating_point():
+        xt = xt.float()
+    return xt.to(device), torch.as_tensor(y).long().to(device)
+
+
+class ClassifyTask(Task):
+    KIND = "classify"
+    DESCRIPTION = "image/vector classification (MLP, CNN): cross-entropy loss and accuracy"
+    MODELS = ("mlp", "cnn")
+    DATA_KINDS = ("image", "vector")
+    METRICS = ("loss", "acc")
+    RUNNING = ("loss", "acc")
+
+    def __init__(self, spec, *, device, data_dir=None):
+        super().__init__(spec, device=device, data_dir=data_dir)
+        self.data = self._check_data(load_cached(spec.dataset, data_dir, spec.val_fraction, spec.split_seed))
+        self.splits = {
+            "train": _as_tensors(self.data.x_train, self.data.y_train, device),
+            "val": _as_tensors(self.data.x_val, self.data.y_val, device),
+            "test": _as_tensors(getattr(self.data, "x_test", None), getattr(self.data, "y_test", None), device),
+        }
+        if self.splits["train"] is None:
+            raise TaskError(f"RunSpec.dataset: {spec.dataset!r} has an empty training set")
+        self.n = len(self.splits["train"][1])
+        self._probe_batch = None
+
+    def build(self) -> dict[str, nn.Module]:
+        from reltrust.workbench.models import build_model
+
+        return {"model": build_model(self.spec.model, self.data, **self.spec.kwargs("model")).to(self.device)}
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.n // self.spec.batch_size)
+
+    def epoch(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        perm = torch.randperm(self.n, generator=generator).to(self.device)
+        bs = self.spec.batch_size
+        for i in range(self.steps_per_epoch):
+            yield perm[i * bs : (i + 1) * bs]
+
+    def train_step(self, models, optimizers, batch: torch.Tensor, shard: Shard | None) -> Step:
+        model, optimizer = models["model"], optimizers["model"]
+        x, y = self.splits["train"]
+        bs = len(batch)
+        optimizer.zero_grad(set_to_none=True)
+        if shard is None:
+            xb, yb = x[batch], y[batch]
+            out = model(xb)
+            loss = nn.functional.cross_entropy(out, yb)
+            loss.backward()
+            correct = (out.detach().argmax(dim=1) == yb).sum()
+        else:
+            mine = shard.part(batch)
+            xb, yb = x[mine], y[mine]
+            out = model(xb)
+            loss_sum = nn.functional.cross_entropy(out, yb, reduction="sum")
+            shard.backward(loss_sum, bs)
+            stats = shard.all_reduce(torch.stack([loss_sum.detach(),
+                                                  (out.detach().argmax(dim=1) == yb).sum().to(loss_sum.dtype)]))
+            loss, correct = stats[0] / bs, stats[1]
+        optimizer.step()
+        lv = float(loss.detach())
+        return Step(loss=lv, n=bs, sums={"loss": lv * bs, "acc": int(correct)})
+
+    def has_split(self, split: str) -> bool:
+        return self.splits[split] is not None
+
+    def evaluate(self, models, split: str) -> dict[str, float]:
+        loss, acc = evaluate(models["model"], *self.splits[split])
+        return {"loss": loss, "acc": acc}
+
+    def probe(self, model: nn.Module, probe: Mapping[str, Any]) -> dict[str, Any]:
+        name = probe.get("name", "perturbation")
+        if name != "perturbation":
+            raise TaskError(f"RunSpec.probe: unknown probe {name!r}; known: perturbation")
+        from reltrust.trust import perturbation_probe
+
+        if self._probe_batch is None:
+            x, y = self.splits["train"]
+            pn = min(int(probe.get("batch", self.n)), self.n)
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.spec.split_seed))[:pn]
+            order = order.to(self.device)
+            self._probe_batch = (x[order], y[order])
+        # The probe works on a deep copy in eval mode and leaves the model, its grads and the RNG as they were.
+        kwargs = {k: v for k, v in probe.items() if k in ("layers", "mode") and v is not None}
+        result = perturbation_probe(model, nn.functional.cross_entropy, self._probe_batch,
+                                    [float(e) for e in probe["etas"]], **kwargs)
+        return result.to_dict()
+
+    def info(self) -> dict[str, Any]:
+        val = self.splits["val"]
+        return {"data_source": getattr(self.data, "source", None), "num_classes": getattr(self.data, "num_classes", None),
+                "n_train": self.n, "n_val": 0 if val is None else len(val[1])}
