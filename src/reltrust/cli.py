@@ -30,7 +30,8 @@ def _add_distance(sub: argparse._SubParsersAction) -> None:
 def _add_study_command(sub: argparse._SubParsersAction, name: str, help: str, quick_help: str) -> None:
     """`reproduce` and `run`: a study name, --quick, --out, then the workbench's own options."""
     p = sub.add_parser(name, help=help)
-    p.add_argument("study", help="which study (e.g. depth, trust)")
+    p.add_argument("study", nargs="?" if name == "reproduce" else None,
+                   help="which study (`reltrust reproduce --list` lists them)")
     p.add_argument("--quick", action="store_true", help=quick_help)
     p.add_argument("--out", default=None, help="output folder (default: runs/<study>[-quick])")
     from reltrust.workbench import cli as workbench_cli

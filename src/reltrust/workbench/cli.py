@@ -35,6 +35,18 @@ def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
                    help="run nothing: rebuild results.csv/json, figures and report from the store")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # seconds-long grid for the tests
+    p.add_argument("--list", action="store_true", help="list the studies, each with what it tests and its quick cost")
+
+
+def list_command() -> int:
+    """`reltrust reproduce --list`: every registered study, a line each."""
+    from reltrust.workbench.studies import list_studies
+
+    studies = list_studies()
+    width = max(len(s.name) for s in studies)
+    for s in studies:
+        print(f"{s.name:<{width}}  {s.description}  [{s.cost_line()}]")
+    return 0
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -73,6 +85,11 @@ _held_locks: list = []
 
 def reproduce_command(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    if getattr(args, "list", False):
+        return list_command()
+    if args.study is None:
+        print("reltrust reproduce: give a study (reltrust reproduce --list shows them)", file=sys.stderr)
+        return 2
     try:
         study = get_study(args.study)
     except ValueError as e:

@@ -183,3 +183,29 @@ def lr_sensitivity(
     """`panels`: optimiser → {line label (e.g. "depth 10") → {lr → [value per seed]}}; log-x."""
     return metric_vs(panels, path, xlabel="learning rate", ylabel=ylabel, band_kind=band_kind, hline=hline,
                      logx=True, ylim=(0.0, 1.02) if "acc" in ylabel else None, suptitle=suptitle)
+
+
+def best_per_category(
+    values: Mapping[str, Mapping[str, float]],
+    categories: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    ylabel: str,
+    hline: float | None = None,
+    hline_label: str = "",
+    title: str = "",
+    logy: bool = True,
+) -> Path:
+    """`values`: line label (an optimiser) → {category → value}; one marker per label and category,
+    the labels side by side within each category (a dot plot, log-y by default)."""
+    fig, (ax,) = _grid(1, size=(max(4.2, 1.3 * len(categories) + 2), 3.6))
+    n = max(len(values), 1)
+    for i, (label, by_cat) in enumerate(values.items()):
+        xs = [categories.index(c) + (i - (n - 1) / 2) * 0.6 / n for c in categories if c in by_cat]
+        ys = [by_cat[c] for c in categories if c in by_cat]
+        ax.plot(xs, ys, ls="none", marker="o", ms=6, color=_color(label, i), label=label)
+    ax.set_xticks(range(len(categories)), categories, fontsize=8, rotation=15)
+    if logy:
+        ax.set_yscale("log")
+    _label_axes(ax, title, "", ylabel, hline, hline_label)
+    return _finish(fig, None, path)

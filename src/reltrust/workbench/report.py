@@ -143,7 +143,7 @@ def _flatten(spec: RunSpec) -> dict[str, Any]:
     d = spec.to_dict()
     out: dict[str, Any] = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k in ("model_kwargs", "schedule_kwargs", "probe"):
+        if isinstance(v, dict) and k in ("model_kwargs", "schedule_kwargs", "probe", "task_kwargs"):
             for kk, vv in v.items():
                 out[f"{k.removesuffix('_kwargs')}.{kk}"] = vv
             if not v:

@@ -38,36 +38,43 @@ from reltrust.workbench.results import RunRecord as RunResult
 def sweep(
     base: RunSpec,
     *,
+    settings: Sequence[Mapping[str, Any]] | None = None,
     problems: Sequence[str] | None = None,
+    models: Sequence[Mapping[str, Any]] | None = None,
     optimizers: Mapping[str, Mapping[str, Any]] | Sequence[str] | None = None,
     lrs: Mapping[str, Sequence[float]] | Sequence[float] | None = None,
     seeds: Sequence[int] | None = None,
-    models: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[RunSpec]:
-    """problems × optimisers × learning rates × seeds (× model variants) as specs derived from `base`.
+    """settings × problems × model variants × optimisers × learning rates × seeds, as specs derived
+    from `base`, in that order (the last varies fastest).
 
-    `optimizers`: names (any of `reltrust.optim.available()`), or name → optimizer_kwargs. `lrs`: one
-    list for all, or name → list. `models`: a list of model_kwargs updates (e.g. one per depth).
+    `settings`: a list of RunSpec field updates, one per setting (e.g. one per task: its task,
+    dataset, model, budget); `problems`: dataset names; `models`: a list of model_kwargs updates (e.g.
+    one per depth); `optimizers`: names (any of `reltrust.optim.available()`), or name →
+    optimizer_kwargs; `lrs`: one list for all, or optimiser name → list. An axis left out keeps
+    `base`'s value.
     """
-    problems = list(problems) if problems is not None else [base.dataset]
-    if optimizers is None:
-        optimizers = {base.optimizer: base.kwargs("optimizer")}
-    elif not isinstance(optimizers, Mapping):
-        optimizers = {name: {} for name in optimizers}
+    settings = list(settings) if settings is not None else [{}]
     models = list(models) if models is not None else [{}]
     seeds = list(seeds) if seeds is not None else [base.seed]
     out = []
-    for problem, model_update, (opt, okw) in itertools.product(problems, models, optimizers.items()):
-        if lrs is None:
-            opt_lrs: Sequence[float] = [base.lr]
-        elif isinstance(lrs, Mapping):
-            opt_lrs = lrs[opt]
-        else:
-            opt_lrs = lrs
-        for lr, seed in itertools.product(opt_lrs, seeds):
-            mk = {**base.kwargs("model"), **dict(model_update)}
-            out.append(base.replace(dataset=problem, model_kwargs=mk, optimizer=opt, optimizer_kwargs=dict(okw),
-                                    lr=float(lr), seed=int(seed)))
+    for setting in settings:
+        first = base.replace(**dict(setting))
+        opts = optimizers if optimizers is not None else {first.optimizer: first.kwargs("optimizer")}
+        if not isinstance(opts, Mapping):
+            opts = {name: {} for name in opts}
+        for problem, model_update, (opt, okw) in itertools.product(
+                problems if problems is not None else [first.dataset], models, opts.items()):
+            if lrs is None:
+                opt_lrs: Sequence[float] = [first.lr]
+            elif isinstance(lrs, Mapping):
+                opt_lrs = lrs[opt]
+            else:
+                opt_lrs = lrs
+            mk = {**first.kwargs("model"), **dict(model_update)}
+            for lr, seed in itertools.product(opt_lrs, seeds):
+                out.append(first.replace(dataset=problem, model_kwargs=mk, optimizer=opt, optimizer_kwargs=dict(okw),
+                                         lr=float(lr), seed=int(seed)))
     return out
 
 

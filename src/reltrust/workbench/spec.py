@@ -171,10 +171,13 @@ class RunSpec:
         return _pairs_to_dict(getattr(self, name))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-ready dict (kwargs fields as dicts); `RunSpec.from_dict` inverts it."""
+        """Plain, JSON-ready dict (kwargs fields as dicts; the later fields only off their defaults, as
+        in the key); `RunSpec.from_dict` inverts it."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
+            if f.name in _LATER_FIELDS and v == _DEFAULTS[f.name]:
+                continue
             out[f.name] = _pairs_to_dict(v) if f.name in _KWARG_FIELDS else v
         return out
 

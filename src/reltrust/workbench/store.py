@@ -219,7 +219,7 @@ class Store:
 
     # ---- export ------------------------------------------------------------------------------------
     CSV_COLUMNS = (
-        "key", "study", "problem", "model", "optimizer", "lr", "seed", "epochs", "batch_size",
+        "key", "study", "task", "problem", "model", "optimizer", "lr", "seed", "epochs", "batch_size",
         "weight_decay", "schedule", "status", "diverged", "train_acc", "train_loss", "train_acc_running", "val_acc", "val_loss",
         "test_acc", "test_loss", "epochs_run", "steps", "model_kwargs", "optimizer_kwargs",
         "schedule_kwargs", "wall_seconds", "device", "threads", "error",
@@ -239,15 +239,16 @@ class Store:
         recs = self.records() if records is None else list(records)
         mk_names = sorted({k for r in recs for k in r.spec.kwargs("model")})
         extra_columns = dict(extra_columns or {})
-        cols = list(self.CSV_COLUMNS[:11]) + [k for k in mk_names if k not in self.CSV_COLUMNS]
-        cols += [c for c in extra_columns if c not in cols] + list(self.CSV_COLUMNS[11:])
+        head = self.CSV_COLUMNS.index("status")
+        cols = list(self.CSV_COLUMNS[:head]) + [k for k in mk_names if k not in self.CSV_COLUMNS]
+        cols += [c for c in extra_columns if c not in cols] + list(self.CSV_COLUMNS[head:])
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
         w.writeheader()
         for r in recs:
             s, f = r.spec, r.final
             row: dict[str, Any] = {
-                "key": r.key, "study": s.study, "problem": s.dataset, "model": s.model, "optimizer": s.optimizer,
+                "key": r.key, "study": s.study, "task": s.task, "problem": s.dataset, "model": s.model, "optimizer": s.optimizer,
                 "lr": s.lr, "seed": s.seed, "epochs": s.epochs, "batch_size": s.batch_size,
                 "weight_decay": s.weight_decay, "schedule": s.schedule, "status": r.status,
                 "diverged": r.status == "diverged",

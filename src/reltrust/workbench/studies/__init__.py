@@ -1,18 +1,33 @@
-"""The papers' studies, each a module with ``grid(quick, ...) -> list[RunSpec]`` and
-``analyse(store, out_dir, specs=None) -> Path`` (the report it wrote).
+"""The papers' studies, registered in one place: `STUDIES`, name → module.
 
-A study knows nothing of processes or SQL beyond the store's read API; `reltrust.workbench.cli` runs
-``grid → runner → analyse``.
+Each study module is declarative: a config dataclass per size (``CONFIGS["quick" | "full" | "tiny"]``),
+``grid(quick, seeds=None, tiny=False) -> list[RunSpec]`` built with the runner's `sweep`, and
+``analyse(store, out_dir, specs=None, command=None) -> Path`` (the report it wrote), gathered in a
+module-level ``STUDY`` (`reltrust.workbench.studies._common.Study`). A study knows nothing of
+processes or SQL beyond the store's read API; `reltrust.workbench.cli` runs grid → runner → analyse.
+Adding a study is one module and one line here.
 """
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
 
-STUDIES = ("depth", "trust")
+from reltrust.workbench.studies._common import Study
+
+STUDIES = {
+    "depth": "reltrust.workbench.studies.depth",
+    "trust": "reltrust.workbench.studies.trust",
+    "lr-robustness": "reltrust.workbench.studies.lr_robustness",
+}
 
 
-def get_study(name: str) -> ModuleType:
+def get_study(name: str) -> Study:
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; known: {', '.join(STUDIES)}")
-    return importlib.import_module(f"reltrust.workbench.studies.{name}")
+    return importlib.import_module(STUDIES[name]).STUDY
+
+
+def list_studies() -> list[Study]:
+    return [get_study(name) for name in STUDIES]
+
+
+__all__ = ["STUDIES", "Study", "get_study", "list_studies"]

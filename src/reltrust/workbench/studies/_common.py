@@ -1,14 +1,50 @@
-"""Helpers shared by the study modules: grouping stored runs and picking the best learning rate."""
+"""Helpers shared by the study modules: the `Study` record, grouping stored runs and picking the best
+learning rate."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from reltrust.workbench.spec import RunSpec
 from reltrust.workbench.store import Record, Store
+
+
+SIZES = ("quick", "full", "tiny")
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """One registered study: its name, title, a one-line description, its config per size, how its
+    grid is built from a config, and its analysis. `quick_minutes` is the wall time of its quick grid
+    as measured on a 2-core machine (stated by ``reltrust reproduce --list``)."""
+
+    name: str
+    title: str
+    description: str
+    configs: Mapping[str, Any]
+    build_grid: Callable[..., list[RunSpec]]  # (config, seeds) -> specs
+    analyse: Callable[..., Path]  # (store, out_dir, specs=None, command=None) -> report path
+    quick_minutes: float
+
+    def __post_init__(self) -> None:
+        missing = [s for s in SIZES if s not in self.configs]
+        if missing:
+            raise ValueError(f"study {self.name!r}: configs for {missing} are missing")
+
+    def config(self, quick: bool = False, *, tiny: bool = False) -> Any:
+        return self.configs["tiny" if tiny else "quick" if quick else "full"]
+
+    def grid(self, quick: bool = False, *, seeds: Sequence[int] | None = None, tiny: bool = False) -> list[RunSpec]:
+        """The runs of the quick, full (default) or tiny grid; `seeds` replaces the config's seeds."""
+        config = self.config(quick, tiny=tiny)
+        return self.build_grid(config, tuple(config.seeds if seeds is None else seeds))
+
+    def cost_line(self) -> str:
+        return f"quick: {len(self.grid(quick=True))} runs, about {self.quick_minutes:g} min on 2 cores"
 
 
 def load_records(store: Store, study: str, specs: Sequence[RunSpec] | None) -> list[Record]:

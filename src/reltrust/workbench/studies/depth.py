@@ -21,15 +21,17 @@ running average is stored too, as ``train_acc_running``).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections.abc import Sequence
 from pathlib import Path
 
 from reltrust.workbench import plots
+from reltrust.workbench.runner import sweep
 from reltrust.workbench.report import Report, configuration, environment, failures, fmt, fmt_lr
 from reltrust.workbench.spec import RunSpec
 from reltrust.workbench.store import Record, Store, atomic_write_text
-from reltrust.workbench.studies._common import best_over_lr, chance_level, group, load_records
+from reltrust.workbench.studies._common import Study, best_over_lr, chance_level, group, load_records
 
 NAME = "depth"
 TITLE = "Depth study: how deep a plain MLP can each optimiser train"
@@ -46,12 +48,32 @@ INITS = ("default", "kaiming")
 TRAINS_THRESHOLD = 0.5
 PAPER_FAIL_BEYOND = 25
 
-# (dataset, depths, width, epochs, batch, seeds)
+@dataclasses.dataclass(frozen=True)
+class Config:
+    dataset: str
+    depths: tuple[int, ...]
+    width: int
+    epochs: int
+    batch_size: int
+    seeds: tuple[int, ...]
+
+
 CONFIGS = {
-    "full": ("mnist", (2, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50), 256, 50, 250, (0, 1, 2)),
-    "quick": ("mnist", (2, 10, 20, 30, 50), 64, 15, 250, (0,)),
-    "tiny": ("mnist", (1, 3), 16, 2, 250, (0,)),
+    "full": Config("mnist", (2, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50), 256, 50, 250, (0, 1, 2)),
+    "quick": Config("mnist", (2, 10, 20, 30, 50), 64, 15, 250, (0,)),
+    "tiny": Config("mnist", (1, 3), 16, 2, 250, (0,)),
 }
+
+
+def build_grid(config: Config, seeds: Sequence[int]) -> list[RunSpec]:
+    """Initialisations × depths × optimisers × their lr grid × seeds."""
+    base = RunSpec(study=NAME, dataset=config.dataset, model="mlp", optimizer="fromage", lr=0.01,
+                   epochs=config.epochs, batch_size=config.batch_size, schedule="exponential",
+                   schedule_kwargs={"gamma": 0.95},
+                   model_kwargs={"width": config.width, "activation": "relu"})
+    return sweep(base, models=[{"depth": d, "init": init} for init in INITS for d in config.depths],
+                 optimizers={name: okw for name, (okw, _) in OPTIMIZERS.items()},
+                 lrs={name: lrs for name, (_, lrs) in OPTIMIZERS.items()}, seeds=seeds)
 
 
 def grid(quick: bool = False, *, seeds: Sequence[int] | None = None, tiny: bool = False) -> list[RunSpec]:
@@ -60,21 +82,7 @@ def grid(quick: bool = False, *, seeds: Sequence[int] | None = None, tiny: bool 
     `quick`: the scaled-down grid for a laptop (minutes); otherwise the full study (hours; resumable).
     `tiny`: a seconds-long grid (width 16, 2 epochs) for tests. `seeds` overrides the seeds.
     """
-    dataset, depths, width, epochs, batch, default_seeds = CONFIGS["tiny" if tiny else "quick" if quick else "full"]
-    seeds = tuple(default_seeds if seeds is None else seeds)
-    specs = []
-    for init in INITS:
-        for depth in depths:
-            for opt, (okw, lrs) in OPTIMIZERS.items():
-                for lr in lrs:
-                    for seed in seeds:
-                        specs.append(RunSpec(
-                            study=NAME, dataset=dataset, model="mlp",
-                            model_kwargs={"depth": depth, "width": width, "activation": "relu", "init": init},
-                            optimizer=opt, optimizer_kwargs=okw, lr=lr, seed=seed, epochs=epochs,
-                            batch_size=batch, schedule="exponential", schedule_kwargs={"gamma": 0.95},
-                        ))
-    return specs
+    return STUDY.grid(quick, seeds=seeds, tiny=tiny)
 
 
 def csv_columns() -> dict:
@@ -363,4 +371,10 @@ def _figures(records, rows, chance, out_dir: Path) -> list[tuple[Path, str]]:
     return figs
 
 
-__all__ = ["NAME", "OPTIMIZERS", "INITS", "CONFIGS", "grid", "analyse", "summarise", "findings", "claim_check"]
+STUDY = Study(
+    name=NAME, title=TITLE,
+    description="how deep a plain MLP each optimiser trains (Fromage vs SGD vs Adam; Fig. 4)",
+    configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=2,
+)
+
+__all__ = ["STUDY", "build_grid", "NAME", "OPTIMIZERS", "INITS", "CONFIGS", "grid", "analyse", "summarise", "findings", "claim_check"]

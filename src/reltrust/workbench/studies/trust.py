@@ -16,15 +16,17 @@ bends upwards, as an exponential does).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from reltrust.workbench import plots
+from reltrust.workbench.runner import sweep
 from reltrust.workbench.report import Report, configuration, environment, failures, fmt
 from reltrust.workbench.spec import RunSpec
 from reltrust.workbench.store import Record, Store
-from reltrust.workbench.studies._common import group, load_records
+from reltrust.workbench.studies._common import Study, group, load_records
 
 NAME = "trust"
 TITLE = "Trust study: loss and gradient along a relative perturbation of every layer"
@@ -35,30 +37,40 @@ METRICS = (
     ("relative_function_change", "relative function change"),
 )
 
-# (dataset, [(label, model kwargs)], width, epochs, probe epochs, n etas, probe batch, seeds)
+@dataclasses.dataclass(frozen=True)
+class Config:
+    dataset: str
+    models: tuple[tuple[int, bool], ...]  # (depth, residual)
+    width: int
+    epochs: int
+    probe_epochs: tuple[int, ...]
+    n_etas: int
+    probe_batch: int
+    seeds: tuple[int, ...]
+
+
 CONFIGS = {
-    "full": ("mnist", ((2, False), (16, False), (16, True)), 784, 10, (0, 1, 2, 5, 10), 21, 4500, (0, 1, 2, 3, 4)),
-    "quick": ("mnist", ((2, False), (16, False), (16, True)), 256, 3, (0, 1, 3), 21, 1000, (0, 1, 2)),
-    "tiny": ("mnist", ((2, False), (4, False), (4, True)), 16, 1, (0, 1), 5, 200, (0,)),
+    "full": Config("mnist", ((2, False), (16, False), (16, True)), 784, 10, (0, 1, 2, 5, 10), 21, 4500, (0, 1, 2, 3, 4)),
+    "quick": Config("mnist", ((2, False), (16, False), (16, True)), 256, 3, (0, 1, 3), 21, 1000, (0, 1, 2)),
+    "tiny": Config("mnist", ((2, False), (4, False), (4, True)), 16, 1, (0, 1), 5, 200, (0,)),
 }
 ETA_MAX = 0.1
 
 
-def grid(quick: bool = False, *, seeds: Sequence[int] | None = None, tiny: bool = False) -> list[RunSpec]:
+def build_grid(config: Config, seeds: Sequence[int]) -> list[RunSpec]:
     """Models (depth 2, 16, residual 16) × seeds, trained with Fromage lr 0.01, probed at checkpoints."""
-    dataset, models, width, epochs, at, n_etas, batch, default_seeds = CONFIGS[
-        "tiny" if tiny else "quick" if quick else "full"]
-    etas = [round(ETA_MAX * i / (n_etas - 1), 10) for i in range(n_etas)]
-    specs = []
-    for depth, residual in models:
-        for seed in (default_seeds if seeds is None else seeds):
-            specs.append(RunSpec(
-                study=NAME, dataset=dataset, model="mlp",
-                model_kwargs={"depth": depth, "width": width, "residual": residual, "init": "default"},
-                optimizer="fromage", lr=0.01, seed=seed, epochs=epochs, batch_size=250,
-                probe={"name": "perturbation", "at_epochs": list(at), "etas": etas, "batch": batch},
-            ))
-    return specs
+    etas = [round(ETA_MAX * i / (config.n_etas - 1), 10) for i in range(config.n_etas)]
+    base = RunSpec(study=NAME, dataset=config.dataset, model="mlp", optimizer="fromage", lr=0.01,
+                   epochs=config.epochs, batch_size=250,
+                   model_kwargs={"width": config.width, "init": "default"},
+                   probe={"name": "perturbation", "at_epochs": list(config.probe_epochs), "etas": etas,
+                          "batch": config.probe_batch})
+    return sweep(base, models=[{"depth": d, "residual": r} for d, r in config.models], seeds=seeds)
+
+
+def grid(quick: bool = False, *, seeds: Sequence[int] | None = None, tiny: bool = False) -> list[RunSpec]:
+    """The study's runs (see `build_grid`) for the quick, full (default) or tiny config."""
+    return STUDY.grid(quick, seeds=seeds, tiny=tiny)
 
 
 # ------------------------------------------------------------------------------------------ analysis
@@ -242,4 +254,10 @@ def _figure(curves: dict, out_dir: Path) -> Path:
                         ncols=len(epochs), logy_panels=logy)
 
 
-__all__ = ["NAME", "CONFIGS", "grid", "analyse", "curves_by", "summarise", "findings", "claim_check", "growth"]
+STUDY = Study(
+    name=NAME, title=TITLE,
+    description="loss and gradient along a relative perturbation of every layer, 2 vs 16 layers (Fig. 2)",
+    configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=1.5,
+)
+
+__all__ = ["STUDY", "build_grid", "NAME", "CONFIGS", "grid", "analyse", "curves_by", "summarise", "findings", "claim_check", "growth"]
