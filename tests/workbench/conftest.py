@@ -28,3 +28,4 @@ def _tiny_spec(**changes) -> RunSpec:
 @pytest.fixture
 def tiny_spec():
     return _tiny_spec
+

@@ -19,6 +19,8 @@ from reltrust.workbench.runner import run_sweep
 from reltrust.workbench.store import Store
 from reltrust.workbench.studies import depth
 
+from seam_baseline import runs_before_the_task_seam, runs_in
+
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 TINY = ["--tiny", "--threads", "1", "--no-progress"]
 
@@ -61,6 +63,12 @@ def test_outputs_are_written_and_report_numbers_come_from_the_data(reference):
         assert f"]({png})" in report
     assert "Command: `reltrust reproduce depth" in report and "seeds 0" in report
     assert "None: all 36 runs finished" in report
+
+
+def test_the_tiny_depth_grid_gives_the_results_recorded_before_the_task_seam(reference):
+    out, rc = reference
+    assert rc == 0
+    assert runs_in(out / "results.json") == runs_before_the_task_seam("depth")  # same keys, bit-identical
 
 
 def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, reference):

@@ -9,6 +9,8 @@ import pytest
 from reltrust.cli import main
 from reltrust.workbench.studies import trust
 
+from seam_baseline import runs_before_the_task_seam, runs_in
+
 
 def test_trust_study_writes_probe_curves_figure_and_report(tmp_path):
     out = tmp_path / "trust"
@@ -17,6 +19,7 @@ def test_trust_study_writes_probe_curves_figure_and_report(tmp_path):
     specs = trust.grid(tiny=True)
     for name in ("results.sqlite", "results.csv", "results.json", "report.md", "trust.png"):
         assert (out / name).is_file(), name
+    assert runs_in(out / "results.json") == runs_before_the_task_seam("trust")  # the move changed nothing
     runs = json.loads((out / "results.json").read_text())
     assert len(runs) == len(specs) and all(r["status"] == "ok" for r in runs)
     etas = specs[0].kwargs("probe")["etas"]
