@@ -25,7 +25,8 @@ from torch import nn
 from reltrust.optim import create
 from reltrust.workbench.models import build_model
 from reltrust.workbench.spec import RunSpec
-from reltrust.workbench.train import _load, fit
+from reltrust.workbench.tasks import load_cached as _load
+from reltrust.workbench.train import fit
 
 
 def bare_loop(spec: RunSpec) -> float:
