@@ -9,6 +9,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from reltrust.workbench.report import Report, configuration, environment, failures
 from reltrust.workbench.spec import RunSpec
 from reltrust.workbench.store import Record, Store
 
@@ -50,6 +51,15 @@ class Study:
 def load_records(store: Store, study: str, specs: Sequence[RunSpec] | None) -> list[Record]:
     """The stored runs of `specs` (the grid that was asked for), or every run of `study`."""
     return store.records(specs=specs) if specs is not None else store.records(study=study)
+
+
+def finish_report(rep: Report, out_dir: Path, specs: Sequence[RunSpec] | None, records: Sequence[Record],
+                  command: str | None) -> Path:
+    """Every report's closing sections (exactly what ran, what failed, where it ran), then write it."""
+    configuration(rep, list(specs) if specs is not None else [r.spec for r in records], command)
+    failures(rep, records, specs)
+    environment(rep, records)
+    return rep.write(out_dir / "report.md")
 
 
 def group(records: Sequence[Record], key: Callable[[Record], Hashable]) -> dict[Hashable, list[Record]]:

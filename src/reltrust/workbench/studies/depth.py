@@ -28,10 +28,10 @@ from pathlib import Path
 
 from reltrust.workbench import plots
 from reltrust.workbench.runner import sweep
-from reltrust.workbench.report import Report, configuration, environment, failures, fmt, fmt_lr
+from reltrust.workbench.report import Report, fmt_lr
 from reltrust.workbench.spec import RunSpec
 from reltrust.workbench.store import Record, Store, atomic_write_text
-from reltrust.workbench.studies._common import Study, best_over_lr, chance_level, group, load_records
+from reltrust.workbench.studies._common import Study, best_over_lr, chance_level, finish_report, group, load_records
 
 NAME = "depth"
 TITLE = "Depth study: how deep a plain MLP can each optimiser train"
@@ -279,10 +279,7 @@ def analyse(store: Store, out_dir: str | Path, specs: Sequence[RunSpec] | None =
         rep.para("Every run (all learning rates, seeds) is in `results.csv`; the per-point summary in "
                  "`depth_summary.csv`; per-epoch histories in `results.json` and `results.sqlite`.")
 
-    configuration(rep, list(specs) if specs is not None else [r.spec for r in records], command)
-    failures(rep, records, specs)
-    environment(rep, records)
-    return rep.write(out_dir / "report.md")
+    return finish_report(rep, out_dir, specs, records, command)
 
 
 def _paper_vs_here(rep: Report, specs: Sequence[RunSpec], records: Sequence[Record]) -> None:

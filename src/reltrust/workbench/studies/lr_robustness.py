@@ -22,18 +22,20 @@ counts as wrong), it competes in "best η" like any other, and the figures mark 
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from reltrust.workbench import plots
-from reltrust.workbench.report import Report, configuration, environment, failures, fmt, fmt_lr
+from reltrust.workbench.report import Report, fmt, fmt_lr
 from reltrust.workbench.runner import sweep
 from reltrust.workbench.spec import RunSpec
-from reltrust.workbench.store import Record, Store
-from reltrust.workbench.studies._common import Study, best_over_lr, group, load_records
+from reltrust.workbench.store import Record, Store, atomic_write_text
+from reltrust.workbench.studies._common import Study, best_over_lr, finish_report, group, load_records
 
 NAME = "lr-robustness"
 TITLE = "Learning-rate robustness: is Fromage's best learning rate about 0.01 on every task?"
@@ -232,6 +234,7 @@ def analyse(store: Store, out_dir: str | Path, specs: Sequence[RunSpec] | None =
     out_dir.mkdir(parents=True, exist_ok=True)
     records = load_records(store, NAME, specs)
     rows = summarise(records)
+    _write_summary_csv(rows, out_dir / "lr_robustness_summary.csv")
 
     rep = Report(TITLE)
     rep.para(
@@ -254,10 +257,24 @@ def analyse(store: Store, out_dir: str | Path, specs: Sequence[RunSpec] | None =
         for path, caption in _figures(rows, out_dir):
             rep.figure(path, caption, relative_to=out_dir)
         _tables(rep, rows)
-    configuration(rep, list(specs) if specs is not None else [r.spec for r in records], command)
-    failures(rep, records, specs)
-    environment(rep, records)
-    return rep.write(out_dir / "report.md")
+    return finish_report(rep, out_dir, specs, records, command)
+
+
+def _write_summary_csv(rows: Sequence[dict], path: Path) -> Path:
+    """One row per (task, optimiser): the best η, its error over seeds and the robustness range."""
+    buf = io.StringIO()
+    cols = ["task", "optimizer", "best_lr", "best_val_error", "best_val_error_min", "best_val_error_max",
+            "best_val_loss", "at_grid_edge", "robust_lr_low", "robust_lr_high", "robust_width_decades",
+            "diverged", "crashed"]
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for r in rows:
+        lo_hi = r.get("best_err_range", (None, None))
+        rob = r.get("robust", (None, None))
+        w.writerow(["" if v is None else v for v in (
+            r["task"], r["optimizer"], r.get("best_lr"), r.get("best_err"), lo_hi[0], lo_hi[1], r.get("best_val_loss"),
+            r.get("at_edge"), rob[0], rob[1], r.get("width"), r["diverged"], r["crashed"])])
+    return atomic_write_text(path, buf.getvalue())
 
 
 def _tables(rep: Report, rows: Sequence[dict]) -> None:
@@ -278,6 +295,9 @@ def _tables(rep: Report, rows: Sequence[dict]) -> None:
     rep.table(["optimizer"] + tasks, [[o] + [
         (f"{fmt_lr(r['robust'][0])}–{fmt_lr(r['robust'][1])} ({r['width']:.2f} dec.)"
          if (r := by.get((t, o))) and r.get("robust") else "—") for t in tasks] for o in opts])
+    rep.para("The band is relative to the best error, so where even the best error is high (near chance) "
+             "it is wide in absolute terms and many η qualify; read the width beside the error it is relative "
+             "to. Per (task, optimiser) numbers are also in `lr_robustness_summary.csv`.")
     rep.heading("Table: every point (mean validation error over seeds; diverged runs counted as measured)", 3)
     lines = []
     for r in rows:

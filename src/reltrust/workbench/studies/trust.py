@@ -23,10 +23,10 @@ from pathlib import Path
 
 from reltrust.workbench import plots
 from reltrust.workbench.runner import sweep
-from reltrust.workbench.report import Report, configuration, environment, failures, fmt
+from reltrust.workbench.report import Report, fmt
 from reltrust.workbench.spec import RunSpec
 from reltrust.workbench.store import Record, Store
-from reltrust.workbench.studies._common import Study, group, load_records
+from reltrust.workbench.studies._common import Study, finish_report, load_records
 
 NAME = "trust"
 TITLE = "Trust study: loss and gradient along a relative perturbation of every layer"
@@ -226,10 +226,7 @@ def analyse(store: Store, out_dir: str | Path, specs: Sequence[RunSpec] | None =
               fmt(r["relative_function_change_max"], 3), fmt(r["relative_function_change_doubling"], 2),
               r["seeds"]] for r in rows])
         rep.para("Full curves per run and checkpoint (also per layer) are in `results.json` (`probes`).")
-    configuration(rep, list(specs) if specs is not None else [r.spec for r in records], command)
-    failures(rep, records, specs)
-    environment(rep, records)
-    return rep.write(out_dir / "report.md")
+    return finish_report(rep, out_dir, specs, records, command)
 
 
 def _figure(curves: dict, out_dir: Path) -> Path:

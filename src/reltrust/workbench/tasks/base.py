@@ -152,6 +152,23 @@ class Task:
         return {}
 
 
+class ShuffledTask(Task):
+    """A task whose epoch is its `n` training examples reshuffled and cut into minibatches of
+    `spec.batch_size` (the last, smaller one kept): index tensors into the training split."""
+
+    n: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.n // self.spec.batch_size)
+
+    def epoch(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        perm = torch.randperm(self.n, generator=generator).to(self.device)
+        bs = self.spec.batch_size
+        for i in range(self.steps_per_epoch):
+            yield perm[i * bs : (i + 1) * bs]
+
+
 # ------------------------------------------------------------------------------------------ data
 @functools.lru_cache(maxsize=8)
 def load_cached(name: str, data_dir: str | None, val_fraction: float, split_seed: int, normalize: str = "standardize"):

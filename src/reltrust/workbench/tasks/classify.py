@@ -12,13 +12,13 @@
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from reltrust.workbench.tasks.base import Shard, Step, Task, TaskError, load_cached
+from reltrust.workbench.tasks.base import Shard, ShuffledTask, Step, TaskError, load_cached
 
 
 @torch.no_grad()
@@ -46,7 +46,7 @@ def _as_tensors(x: Any, y: Any, device: torch.device) -> tuple[torch.Tensor, tor
     return xt.to(device), torch.as_tensor(y).long().to(device)
 
 
-class ClassifyTask(Task):
+class ClassifyTask(ShuffledTask):
     KIND = "classify"
     DESCRIPTION = "image/vector classification (MLP, CNN): cross-entropy loss and accuracy"
     MODELS = ("mlp", "cnn")
@@ -71,16 +71,6 @@ class ClassifyTask(Task):
         from reltrust.workbench.models import build_model
 
         return {"model": build_model(self.spec.model, self.data, **self.spec.kwargs("model")).to(self.device)}
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return -(-self.n // self.spec.batch_size)
-
-    def epoch(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
-        perm = torch.randperm(self.n, generator=generator).to(self.device)
-        bs = self.spec.batch_size
-        for i in range(self.steps_per_epoch):
-            yield perm[i * bs : (i + 1) * bs]
 
     def train_step(self, models, optimizers, batch: torch.Tensor, shard: Shard | None) -> Step:
         model, optimizer = models["model"], optimizers["model"]

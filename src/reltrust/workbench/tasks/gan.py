@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reltrust.workbench.tasks.base import Shard, Step, Task, TaskError, eval_mode, load_cached
+from reltrust.workbench.tasks.base import Shard, ShuffledTask, Step, TaskError, eval_mode, load_cached
 
 MODEL_DEFAULTS = {"latent_dim": 64, "hidden": 256, "spectral_norm": True}
 _EVAL_SEED = {"train": 1, "val": 2, "test": 3}  # the fixed latents of each split
@@ -37,7 +37,7 @@ def hinge_g_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     return -fake_scores.mean()
 
 
-class GANTask(Task):
+class GANTask(ShuffledTask):
     KIND = "gan"
     DESCRIPTION = "class-conditional GAN (generator + discriminator, two optimisers, hinge loss)"
     PLAYERS = ("generator", "discriminator")
@@ -76,19 +76,13 @@ class GANTask(Task):
             "discriminator": Discriminator(k, shape, spectral_norm=mk["spectral_norm"], hidden=mk["hidden"]).to(self.device),
         }
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return -(-self.n // self.spec.batch_size)
-
     def epoch(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
-        perm = torch.randperm(self.n, generator=generator)
-        bs, latent, k = self.spec.batch_size, self.model_kwargs["latent_dim"], self.data.num_classes
-        for i in range(self.steps_per_epoch):
-            idx = perm[i * bs : (i + 1) * bs]
+        latent, k = self.model_kwargs["latent_dim"], self.data.num_classes
+        for idx in super().epoch(generator):
             b = len(idx)
             z = torch.randn(2, b, latent, generator=generator)
             y_fake = torch.randint(0, k, (b,), generator=generator)
-            yield idx.to(self.device), z.to(self.device), y_fake.to(self.device)
+            yield idx, z.to(self.device), y_fake.to(self.device)
 
     def train_step(self, models, optimizers, batch, shard: Shard | None) -> Step:
         g, d = models["generator"], models["discriminator"]

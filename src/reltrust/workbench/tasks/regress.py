@@ -14,13 +14,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from reltrust.workbench.tasks.base import Shard, Step, Task, TaskError, eval_mode, load_cached
+from reltrust.workbench.tasks.base import Shard, ShuffledTask, Step, TaskError, eval_mode, load_cached
 
 TEACHER = "teacher"
 
@@ -36,7 +35,7 @@ def teacher_data(n_train: int, n_val: int, dim: int, noise: float, seed: int) ->
     return out
 
 
-class RegressTask(Task):
+class RegressTask(ShuffledTask):
     KIND = "regress"
     DESCRIPTION = "least-squares regression (linear, random features): mean squared error"
     MODELS = ("linear", "random_features")
@@ -91,16 +90,6 @@ class RegressTask(Task):
         else:
             model = RandomFeatures(self.in_features, self.out_features, **mk)
         return {"model": model.to(self.device)}
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return -(-self.n // self.spec.batch_size)
-
-    def epoch(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
-        perm = torch.randperm(self.n, generator=generator).to(self.device)
-        bs = self.spec.batch_size
-        for i in range(self.steps_per_epoch):
-            yield perm[i * bs : (i + 1) * bs]
 
     def train_step(self, models, optimizers, batch, shard: Shard | None) -> Step:
         model, optimizer = models["model"], optimizers["model"]
