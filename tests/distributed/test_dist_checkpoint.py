@@ -29,6 +29,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -348,8 +349,6 @@ def pair(tmp_path_factory):
 
 
 def _copy(pair, tmp_path) -> Path:
-    import shutil
-
     shutil.copytree(pair[0], tmp_path / "ckpt")
     return tmp_path / "ckpt"
 
@@ -471,8 +470,6 @@ def test_hostile_metadata_runs_nothing_and_is_refused(pair, tmp_path, payload):
     assert not harmed()
     assert step == 1 and any(re.search(refused, str(w.message)) for w in got), [str(w.message) for w in got]
     _assert_equal(_snapshot(model, opt), pair[1][1], "fell back to step 1")
-    import shutil
-
     shutil.rmtree(ckpt / "step_000001")
     with pytest.warns(UserWarning, match=refused), pytest.raises(CheckpointError, match=refused):
         load_latest_checkpoint(ckpt, *_fresh())
