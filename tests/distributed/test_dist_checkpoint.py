@@ -24,6 +24,7 @@ value whose pickle would run code, checksums updated to match) run nothing; an u
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -479,8 +480,6 @@ def test_hostile_metadata_runs_nothing_and_is_refused(pair, tmp_path, payload):
 def test_metadata_pointing_outside_the_checkpoint_is_refused(pair, tmp_path):
     """DCP metadata names the files that hold each entry; one naming a file outside the checkpoint
     directory (here ``../elsewhere.distcp``, a copy of the real shard) is refused, not read."""
-    import dataclasses
-
     ckpt = _copy(pair, tmp_path)
     step2 = ckpt / "step_000002"
     (ckpt / "elsewhere.distcp").write_bytes((step2 / SHARD).read_bytes())
