@@ -14,12 +14,24 @@ One spawned pair of ranks, for Fromage (p_bound + momentum), LARS (Nesterov) and
 Then rank 1 *dies* (``os._exit``) in the middle of writing a step-7 checkpoint; rank 0's save fails
 with gloo's "connection closed". The test process (no process group, one rank, unsharded model)
 then finds step 6 as the latest complete checkpoint and loads it — DCP reshards 2 ranks → 1 — and
-gets exactly the step-6 state. A DDP save/load round trip and the file-level helpers are also checked.
+gets exactly the step-6 state. On the 2 ranks, a flipped bit in the shard file rank 1 hashes makes
+both ranks fall back to step 3. A DDP save/load round trip and the file-level helpers are also checked.
+
+In this process: damaged newest checkpoints (truncated, zeroed, garbled, one flipped bit; with and
+without checksums) fall back to the previous one; hostile files (a ``.metadata`` or a param-group
+value whose pickle would run code, checksums updated to match) run nothing; an undecodable ``latest``;
+``keep_last`` by save order.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import pickle
+import re
+import shutil
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from unittest import mock
@@ -98,6 +110,7 @@ def worker(checks, root):
     rank, world = checks.rank, checks.world_size
     mesh = init_device_mesh("cpu", (world,))
     root = Path(root)
+    at3 = {}
     for name in CKPT_CONFIGS:
         factory = CONFIGS[name][0]
         ckpt = root / name
@@ -106,7 +119,7 @@ def worker(checks, root):
             opt = factory(model)
             _train(model, opt, rank, world, range(3))
             save_checkpoint(ckpt, model, opt, 3, extra={"config": name})
-            saved = _snapshot(model, opt)
+            saved = at3[name] = _snapshot(model, opt)
             _train(model, opt, rank, world, range(3, 6))
             uninterrupted = _snapshot(model, opt)
 
@@ -135,6 +148,32 @@ def worker(checks, root):
             save_checkpoint(ckpt, model, opt, 6, extra={"config": name})
             assert latest_checkpoint(ckpt).step == 6
             assert sorted(p.name for p in ckpt.iterdir()) == ["latest", "step_000003", "step_000006"]
+
+    with checks("damaged_shard_fallback"):
+        name = "lamb_groups"
+        ckpt, factory = root / name, CONFIGS[name][0]
+        files = json.loads((ckpt / "step_000006" / "reltrust_checkpoint.json").read_text())["files"]
+        assert sorted(files) == [".metadata", "__0_0.distcp", "__1_0.distcp"], files  # both ranks' shards
+        if rank == 0:  # one bit of rank 0's shard; the file is rank 1's share of the hashing
+            shard = ckpt / "step_000006" / "__0_0.distcp"
+            data = bytearray(shard.read_bytes())
+            data[len(data) // 2] ^= 1
+            shard.write_bytes(bytes(data))
+        torch.distributed.barrier()
+        model = _fsdp(make_model(1), mesh)
+        opt = factory(model)
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            step = load_latest_checkpoint(ckpt, model, opt)
+        loaded = _snapshot(model, opt)
+        ours = [str(w.message) for w in got if "load_latest_checkpoint" in str(w.message)]
+        assert step == 3, step
+        _assert_equal(loaded, at3[name], "fell back to step 3")
+        if rank == 0:
+            assert len(ours) == 1 and re.search(r"skipping damaged checkpoint step 6 .*step_000006/__0_0\.distcp: "
+                                                r"sha256 differs", ours[0]), ours
+        else:
+            assert ours == [], ours  # said once, by rank 0
 
     with checks("ddp_roundtrip"):
         factory = CONFIGS["lamb_groups"][0]
@@ -183,6 +222,10 @@ def test_resume_equals_uninterrupted_and_failed_save_keeps_previous(run, name):
     run[0].assert_ok(f"resume/{name}")
 
 
+def test_damaged_shard_found_by_the_rank_that_hashes_it_and_all_ranks_fall_back(run):
+    run[0].assert_ok("damaged_shard_fallback")
+
+
 def test_ddp_checkpoint_roundtrip(run):
     run[0].assert_ok("ddp_roundtrip")
 
@@ -226,11 +269,15 @@ def test_checkpoint_names_and_pointer_fallback(tmp_path):
 
     (tmp_path / "latest").write_text("step_000010\n")  # the pointer wins when it names a complete one
     assert latest_checkpoint(tmp_path).step == 10
-    (tmp_path / "latest").write_text("step_000077\n")  # dangling: fall back to the highest complete
-    assert latest_checkpoint(tmp_path).step == 1_000_000
+    (tmp_path / "latest").write_text("step_000077\n")  # dangling: fall back to the last saved
+    with pytest.warns(UserWarning, match=r"latest: names 'step_000077', which is not a complete checkpoint"):
+        assert latest_checkpoint(tmp_path).step == 1_000_000
+    (tmp_path / "latest").write_text("step_1000000\n")
     (tmp_path / "step_2000000.tmp").mkdir()  # unfinished saves never count
     (tmp_path / "step_3000000").mkdir()  # nor a directory without DCP metadata and our record
-    assert latest_checkpoint(tmp_path).step == 1_000_000
+    with pytest.warns(UserWarning, match=r"ignoring .*step_3000000: no \.metadata"):
+        assert latest_checkpoint(tmp_path).step == 1_000_000
+    (tmp_path / "step_3000000").rmdir()
 
     save_checkpoint(tmp_path, model, opt, 10, extra={"again": True}, keep_last=2)  # same step again
     assert [c.step for c in list_checkpoints(tmp_path)] == [10, 1_000_000]
@@ -280,3 +327,223 @@ def test_bfloat16_parameters_resume_with_float32_state(tmp_path, name):
         _assert_equal(_snapshot(fresh, fresh_opt), saved, f"{via}: loaded")
         train(fresh, fresh_opt, range(2, 4))
         _assert_equal(_snapshot(fresh, fresh_opt), uninterrupted, f"{via}: resumed")
+
+
+# ---- damaged and tampered checkpoints, in this process ---------------------------------------------
+
+PAIR_CONFIG = "lamb_groups"  # param groups: non-tensor entries (lr, betas, ...) in the shard file too
+SHARD = "__0_0.distcp"  # the one shard file a single process writes
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """Checkpoints at steps 1 and 2 (one process), the state each holds; tests damage copies of them."""
+    root = tmp_path_factory.mktemp("pair")
+    model = make_model(0)
+    opt = CONFIGS[PAIR_CONFIG][0](model)
+    snapshots = {}
+    for step in (1, 2):
+        _train(model, opt, 0, 1, range(step - 1, step))
+        save_checkpoint(root, model, opt, step)
+        snapshots[step] = _snapshot(model, opt)
+    return root, snapshots
+
+
+def _copy(pair, tmp_path) -> Path:
+    shutil.copytree(pair[0], tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def _fresh():
+    model = make_model(1)
+    return model, CONFIGS[PAIR_CONFIG][0](model)
+
+
+def _strip_checksums(ckpt: Path) -> None:
+    """Make the checkpoints look written by an older reltrust: no file checksums, no save sequence."""
+    for meta_path in ckpt.glob("step_*/reltrust_checkpoint.json"):
+        meta = json.loads(meta_path.read_text())
+        del meta["files"], meta["sequence"]
+        meta_path.write_text(json.dumps(meta))
+
+
+def _damage(path: Path, how: str, step2_params: dict) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        data = data[: len(data) // 2]
+    elif how == "zeroed":
+        data = bytearray(len(data))
+    elif how == "garbled":  # the first entries' zip headers
+        data[:4096] = torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                    dtype=torch.uint8).numpy().tobytes()
+    elif how == "bit_flip":  # the top exponent bit of fc1.weight[0, 0]: 0.3 becomes ~1e38
+        at = bytes(data).find(step2_params["fc1.weight"].numpy().tobytes())
+        assert at > 0
+        data[at + 3] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+# (file, damage, with checksums): without them (an older reltrust's checkpoint) a flipped payload bit
+# cannot be seen; the other damage DCP notices while reading
+DAMAGE = [(SHARD, how, checksums) for checksums in (True, False) for how in ("truncated", "zeroed", "garbled")]
+DAMAGE += [(SHARD, "bit_flip", True), (".metadata", "truncated", True), (".metadata", "truncated", False)]
+
+
+@pytest.mark.parametrize("name,how,checksums", DAMAGE,
+                         ids=[f"{n}-{h}-{'checksummed' if c else 'older_reltrust'}" for n, h, c in DAMAGE])
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(pair, tmp_path, name, how, checksums):
+    """A damaged newest checkpoint is skipped with a warning naming it, and the one before loads exactly."""
+    ckpt = _copy(pair, tmp_path)
+    if not checksums:
+        _strip_checksums(ckpt)
+    _damage(ckpt / "step_000002" / name, how, pair[1][2]["params"])
+    model, opt = _fresh()
+    with pytest.warns(UserWarning) as got:
+        assert load_latest_checkpoint(ckpt, model, opt) == 1
+    _assert_equal(_snapshot(model, opt), pair[1][1], "fell back to step 1")
+    texts = [str(w.message) for w in got]
+    assert any(re.match(r"load_latest_checkpoint: skipping damaged checkpoint step 2 \(.*step_000002\): ", t)
+               for t in texts), texts
+    if checksums:
+        why = "sha256 differs" if how in ("zeroed", "garbled", "bit_flip") else r"\d+ bytes, \d+ when saved"
+        assert any(re.search(rf"step_000002/{re.escape(name)}: {why}", t) for t in texts), texts
+    else:
+        assert any("step_000001 has no checksums (saved by an older reltrust)" in t for t in texts), texts
+
+
+def test_no_checkpoint_loadable_raises(pair, tmp_path):
+    ckpt = _copy(pair, tmp_path)
+    for step in (1, 2):
+        _damage(ckpt / checkpoint_name(step) / SHARD, "truncated", {})
+    model, opt = _fresh()
+    with pytest.warns(UserWarning, match="skipping damaged checkpoint"):
+        with pytest.raises(CheckpointError, match=r"no checkpoint in .* could be loaded: step 2 .*\| step 1 "):
+            load_latest_checkpoint(ckpt, model, opt)
+
+
+class _Touch:
+    """Unpickling this creates `path`: the stand-in for code a hostile file would run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def _sets_class_attribute() -> bytes:
+    """A pickle that sets an attribute on DCP's `StorageMeta` class itself (BUILD with slot state on a
+    class, not an instance): harmless classes, a process-wide change all the same."""
+    return (b"\x80\x04ctorch.distributed.checkpoint.metadata\nStorageMeta\n"  # the class
+            b"N}\x8c\x08hijacked\x88s\x86b.")  # BUILD (None, {"hijacked": True}) on it
+
+
+@pytest.mark.parametrize("payload", ["runs_code", "sets_class_attribute"])
+def test_hostile_metadata_runs_nothing_and_is_refused(pair, tmp_path, payload):
+    """A ``.metadata`` replaced by a hostile pickle — with the checksums updated to match, so only the
+    unpickler stands in the way — does nothing; it is refused, naming the file, and the checkpoint
+    before it loads; with no checkpoint before it, loading raises."""
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    marker = tmp_path / "marker"
+    if payload == "runs_code":
+        hostile = pickle.dumps(_Touch(marker))
+        refused = r"step_000002/\.metadata: refused to unpickle pathlib\.Path\.touch: not a type DCP metadata holds"
+    else:
+        hostile = _sets_class_attribute()
+        refused = r"step_000002/\.metadata: refused to set the state of a type"
+    ckpt = _copy(pair, tmp_path)
+    (ckpt / "step_000002" / ".metadata").write_bytes(hostile)
+    meta_path = ckpt / "step_000002" / "reltrust_checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    meta["files"][".metadata"] = {"bytes": len(hostile), "sha256": hashlib.sha256(hostile).hexdigest()}
+    meta_path.write_text(json.dumps(meta))
+
+    def harmed() -> bool:
+        hijacked = StorageMeta.__dict__.get("hijacked", False)
+        if hijacked:
+            del StorageMeta.hijacked
+        return marker.exists() or hijacked
+
+    model, opt = _fresh()
+    with pytest.warns(UserWarning) as got:
+        step = load_latest_checkpoint(ckpt, model, opt)
+    assert not harmed()
+    assert step == 1 and any(re.search(refused, str(w.message)) for w in got), [str(w.message) for w in got]
+    _assert_equal(_snapshot(model, opt), pair[1][1], "fell back to step 1")
+    shutil.rmtree(ckpt / "step_000001")
+    with pytest.warns(UserWarning, match=refused), pytest.raises(CheckpointError, match=refused):
+        load_latest_checkpoint(ckpt, *_fresh())
+    assert not harmed()
+
+
+def test_metadata_pointing_outside_the_checkpoint_is_refused(pair, tmp_path):
+    """DCP metadata names the files that hold each entry; one naming a file outside the checkpoint
+    directory (here ``../elsewhere.distcp``, a copy of the real shard) is refused, not read."""
+    ckpt = _copy(pair, tmp_path)
+    step2 = ckpt / "step_000002"
+    (ckpt / "elsewhere.distcp").write_bytes((step2 / SHARD).read_bytes())
+    metadata = pickle.loads((step2 / ".metadata").read_bytes())  # the file reltrust wrote: trusted here
+    metadata.storage_data = {k: dataclasses.replace(v, relative_path="../elsewhere.distcp")
+                             for k, v in metadata.storage_data.items()}
+    edited = pickle.dumps(metadata)
+    (step2 / ".metadata").write_bytes(edited)
+    meta = json.loads((step2 / "reltrust_checkpoint.json").read_text())
+    meta["files"][".metadata"] = {"bytes": len(edited), "sha256": hashlib.sha256(edited).hexdigest()}
+    (step2 / "reltrust_checkpoint.json").write_text(json.dumps(meta))
+
+    model, opt = _fresh()
+    with pytest.warns(UserWarning, match=r"step_000002/\.metadata: refers to '\.\./elsewhere\.distcp', "
+                                         r"not a file of the checkpoint"):
+        assert load_latest_checkpoint(ckpt, model, opt) == 1
+    _assert_equal(_snapshot(model, opt), pair[1][1], "fell back to step 1")
+
+
+def test_hostile_non_tensor_entry_runs_nothing(tmp_path):
+    """A non-tensor state entry (here a param-group value) whose pickle runs code is refused by
+    ``torch.load(weights_only=True)`` — DCP's own planner loads such entries with weights_only=False."""
+    marker = tmp_path / "marker"
+    model = make_model(0)
+    opt = CONFIGS[PAIR_CONFIG][0](model)
+    _train(model, opt, 0, 1, range(1))
+    opt.param_groups[0]["note"] = "plain"
+    save_checkpoint(tmp_path / "ckpt", model, opt, 1)
+    saved = _snapshot(model, opt)
+    opt.param_groups[0]["note"] = _Touch(marker)
+    save_checkpoint(tmp_path / "ckpt", model, opt, 2)
+    assert not marker.exists()
+
+    model, opt = _fresh()
+    opt.param_groups[0]["note"] = "plain"
+    with pytest.warns(UserWarning, match=r"step 2 .*entry 'optim\.param_groups\.0\.note': refused by "
+                                         r"torch\.load\(weights_only=True\): Unsupported global"):
+        assert load_latest_checkpoint(tmp_path / "ckpt", model, opt) == 1
+    assert not marker.exists()
+    assert opt.param_groups[0]["note"] == "plain"
+    _assert_equal(_snapshot(model, opt), saved, "fell back to step 1")
+
+
+def test_undecodable_latest_falls_back_to_the_last_saved(pair, tmp_path):
+    ckpt = _copy(pair, tmp_path)
+    (ckpt / "latest").write_bytes(b"\xffstep_000001\n")
+    model, opt = _fresh()
+    with pytest.warns(UserWarning, match=r"ignoring .*latest: unreadable \(UnicodeDecodeError"):
+        assert load_latest_checkpoint(ckpt, model, opt) == 2
+    _assert_equal(_snapshot(model, opt), pair[1][2], "loaded step 2")
+
+
+def test_keep_last_keeps_the_most_recently_saved(tmp_path):
+    """`keep_last` counts saves, not steps: after saving steps 5, 6, then 1 and 2 (a run restarted in
+    the same directory) exactly the last two saves are left, and `latest` is the one just saved."""
+    model = make_model(0)
+    opt = CONFIGS[PAIR_CONFIG][0](model)
+    _train(model, opt, 0, 1, range(1))
+    kept = []
+    for step in (5, 6, 1, 2):
+        save_checkpoint(tmp_path, model, opt, step, keep_last=2)
+        kept.append([c.step for c in list_checkpoints(tmp_path)])
+        assert (tmp_path / "latest").read_text().strip() == checkpoint_name(step)
+    assert kept == [[5], [5, 6], [1, 6], [1, 2]]
+    (tmp_path / "latest").write_text("garbage\n")  # without the pointer: the last saved, not the highest step
+    with pytest.warns(UserWarning, match="latest: names 'garbage'"):
+        assert latest_checkpoint(tmp_path).step == 2
