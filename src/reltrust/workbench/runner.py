@@ -13,6 +13,9 @@
 - A run that raises is recorded as ``crashed`` with its traceback and the sweep goes on; a worker
   process that dies (killed, out of memory) is replaced and its runs retried once, then recorded as
   crashed. A diverged run is a result (``diverged``), not a crash.
+- Workers end with their parent: an exception that stops the sweep in the parent (Ctrl-C, the CLI's
+  SIGTERM) terminates them at once (their runs in flight are lost, what finished is stored), and a
+  worker whose parent is gone (SIGKILL) notices within half a second and exits.
 - Runs are started longest first (by a rough cost estimate) so that the last minutes are not spent
   waiting on one long run.
 """
@@ -122,8 +125,19 @@ def execute(spec: RunSpec, device: str = "cpu", data_dir: str | None = None, pro
         )
 
 
-def _init_worker(threads: int) -> None:
+def _watch_parent(parent: int) -> None:
+    """Exit this worker as soon as its parent process `parent` is gone (it was reparented)."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    import threading
+
     import torch
+
+    threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
 
     torch.set_num_threads(threads)
     try:
@@ -150,13 +164,17 @@ def run_sweep(
     on_result: Callable[[RunResult], None] | None = None,
 ) -> SweepSummary:
     """Run every spec not yet finished in `store`, record each result as it arrives; see module doc."""
+    if workers is not None and workers < 0:
+        raise ValueError(f"workers must be >= 0 (0: run in this process), got {workers}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     t0 = time.perf_counter()
     specs = list(specs)
     distinct = {s.key for s in specs}
     todo = store.pending(specs, retry_crashed=retry_crashed)
     todo.sort(key=estimate_cost, reverse=True)  # stable: equal costs keep the caller's order
     auto_w, auto_t = default_workers(len(todo) or 1)
-    workers = auto_w if workers is None else max(0, int(workers))
+    workers = auto_w if workers is None else int(workers)
     if threads is None:
         threads = auto_t if workers else None
     summary = SweepSummary(total=len(distinct), skipped=len(distinct) - len(todo), ran=0,
@@ -204,7 +222,7 @@ def _run_pool(todo: list[RunSpec], workers: int, threads: int, device: str, data
     ctx = mp.get_context("spawn")
     while queue:
         pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                      initargs=(threads,))
+                                      initargs=(threads, os.getpid()))
         in_flight: dict[cf.Future, RunSpec] = {}
         broken = False
         try:
@@ -237,5 +255,19 @@ def _run_pool(todo: list[RunSpec], workers: int, threads: int, device: str, data
                             queue.append(spec)
                     in_flight.clear()
                     break
+        except BaseException:
+            _terminate_workers(pool)
+            broken = True  # nothing left to wait for
+            raise
         finally:
             pool.shutdown(wait=not broken, cancel_futures=True)
+
+
+def _terminate_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """SIGTERM every worker process of `pool` and reap it (``_processes`` is the executor's own map of
+    them; Python 3.14's ``terminate_workers`` does the same)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.join(timeout=5)
