@@ -2,11 +2,23 @@
 
 Each subcommand has one `_add_<name>` function that declares its arguments and points at the
 function that runs it; the work itself lives in `reltrust.trust` and `reltrust.workbench`.
+
+A usage error is one line on stderr (``reltrust CMD: error: argument --X: …``), exit status 2. Output
+into a pipe that closes early (``reltrust run depth --list | head``) ends quietly with status 141, as
+for any program killed by SIGPIPE.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, pointing at --help instead of the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_distance(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +59,7 @@ def _add_study_command(sub: argparse._SubParsersAction, name: str, help: str, qu
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reltrust", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="reltrust", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_distance(sub)
     _add_study_command(sub, "reproduce", "run one study of the papers and write its results, figures and report",
@@ -59,7 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away: send what is still buffered nowhere, so exiting does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    return status
 
 
 if __name__ == "__main__":

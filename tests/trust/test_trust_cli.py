@@ -111,3 +111,15 @@ def test_real_process(checkpoints, tmp_path):
     assert r.stdout == ""
     assert "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("reltrust distance: error: cannot load checkpoint")
+
+
+def test_a_text_file_is_named_as_no_checkpoint(checkpoints, tmp_path, capsys):
+    a, _, _ = checkpoints
+    (tmp_path / "notes.txt").write_text("hello world\nthese are notes, not a checkpoint\n")
+    assert main(["distance", str(a), str(tmp_path / "notes.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"reltrust distance: error: cannot load checkpoint {tmp_path}")
+    assert "the file is neither a zip archive nor a pickle (" in err  # not just torch's "101"
+    (tmp_path / "empty.pt").write_bytes(b"")
+    assert main(["distance", str(a), str(tmp_path / "empty.pt")]) == 2
+    assert "the file is empty or ends too early" in capsys.readouterr().err

@@ -1,6 +1,8 @@
 """The runner: crashes are recorded and do not stop a sweep; worker processes give the same numbers."""
 from __future__ import annotations
 
+import pytest
+
 from reltrust.workbench.runner import run_sweep, sweep
 from reltrust.workbench.store import Store
 
@@ -29,3 +31,13 @@ def test_a_crash_is_recorded_with_its_error_and_the_sweep_goes_on(tmp_path, tiny
         # rerunning retries only the crash
         again = run_sweep([bad, good, diverging], store, workers=0, progress=False)
         assert (again.ran, again.skipped, again.crashed) == (1, 2, 1)
+
+
+def test_negative_workers_and_threads_are_refused(tmp_path, tiny_spec):
+    with Store(tmp_path / "s.sqlite") as store:
+        with pytest.raises(ValueError, match=r"^workers must be >= 0 \(0: run in this process\), got -1$"):
+            run_sweep([tiny_spec()], store, workers=-1, progress=False)
+        for threads in (0, -1):
+            with pytest.raises(ValueError, match=rf"^threads must be >= 1, got {threads}$"):
+                run_sweep([tiny_spec()], store, workers=1, threads=threads, progress=False)
+        assert len(store) == 0

@@ -1,20 +1,25 @@
-"""The SQLite results store: round trip, pending, statuses, exports."""
+"""The SQLite results store: round trip, pending, statuses, exports, refusing what is no store, file modes."""
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
+import sqlite3
+import stat
 
 import pytest
 
-from reltrust.workbench.store import Store, atomic_write_text
-from reltrust.workbench.train import RunResult, fit
+from reltrust.workbench.spec import RunSpec
+from reltrust.workbench.store import Store, StoreError, atomic_write_text
+from reltrust.workbench.results import RunRecord
+from reltrust.workbench.train import fit
 
 
 def _fake(spec, status="ok", acc=0.5, loss=1.0, error=None):
     hist = [{"epoch": 0, "lr": None, "train_loss": 2.3, "train_acc": 0.1},
             {"epoch": 1, "lr": spec.lr, "train_loss": loss, "train_acc": acc}]
-    return RunResult(spec=spec, status=status, history=hist, final={"train_loss": loss, "train_acc": acc},
+    return RunRecord(spec=spec, status=status, history=hist, final={"train_loss": loss, "train_acc": acc},
                      error=error, info={"wall_seconds": 0.1, "device": "cpu", "threads": 1})
 
 
@@ -91,3 +96,80 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         atomic_write_text(target, 12345)  # not text: fails while writing the temporary file
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_a_crash_never_replaces_a_finished_result(tmp_path, tiny_spec):
+    ok, div, crash = tiny_spec(seed=0), tiny_spec(seed=1), tiny_spec(seed=2)
+    with Store(tmp_path / "s.sqlite") as store:
+        assert store.record(_fake(ok, acc=0.75))
+        assert store.record(_fake(div, status="diverged", loss=float("nan"), acc=0.0))
+        assert store.record(_fake(crash, status="crashed", error="Traceback ...\nValueError: first"))
+        before = {s.key: store.get(s) for s in (ok, div)}
+        for spec in (ok, div):  # a failed rerun of a finished run: refused, the finished result stays
+            assert store.record(_fake(spec, status="crashed", error="Traceback ...\nRuntimeError: no cuda")) is False
+            rec = store.get(spec)
+            assert (rec.status, rec.final, rec.history, rec.recorded) == (
+                before[spec.key].status, before[spec.key].final, before[spec.key].history, before[spec.key].recorded)
+            assert rec.error is None
+        # a crash over a crash is stored (the newer error), and a finished result replaces a crash
+        assert store.record(_fake(crash, status="crashed", error="Traceback ...\nValueError: second"))
+        assert store.get(crash).error.endswith("second")
+        assert store.record(_fake(crash, acc=0.5)) and store.get(crash).status == "ok"
+
+
+def _truncated_store(path):
+    with Store(path) as store:
+        for i in range(40):
+            store.record(_fake(RunSpec(study="t", dataset="mnist", model="mlp", optimizer="sgd", lr=0.1, seed=i,
+                                       epochs=2, batch_size=250, model_kwargs={"note": "x" * 500})))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _foreign_db(path, sql):
+    con = sqlite3.connect(path)
+    con.executescript(sql)
+    con.close()
+
+
+@pytest.mark.parametrize("kind, make, why", [
+    ("garbage header", lambda p: p.write_bytes(b"this is not a database\n" * 100), "not an SQLite database"),
+    ("zero bytes", lambda p: p.write_bytes(b""), "an empty file; a store reltrust made always holds its tables"),
+    ("truncated", _truncated_store, "damaged or truncated"),
+    ("other tables", lambda p: _foreign_db(p, "CREATE TABLE photos (id INTEGER, name TEXT)"),
+     "its tables are photos; a store has epochs, runs"),
+    ("other columns", lambda p: _foreign_db(p, "CREATE TABLE runs (key TEXT); CREATE TABLE epochs (key TEXT)"),
+     "other columns in table epochs, runs"),
+])
+def test_a_file_that_is_no_store_is_refused_and_left_untouched(tmp_path, kind, make, why):
+    path = tmp_path / "results.sqlite"
+    make(path)
+    before = path.read_bytes()
+    with pytest.raises(StoreError) as e:
+        Store(path)
+    msg = str(e.value)
+    assert msg == f"{path} is not a reltrust results store ({why})" or (
+        kind == "truncated" and msg.startswith(f"{path} is not a reltrust results store ({why}: "))
+    assert "\n" not in msg
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.sqlite"]  # no -wal/-shm, no temporary file
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_every_file_written_gets_the_umask_permissions(tmp_path, tiny_spec, umask):
+    from reltrust.workbench.plots import curves
+    from reltrust.workbench.report import Report
+
+    old = os.umask(umask)
+    try:
+        with Store(tmp_path / "results.sqlite") as store:
+            store.record(_fake(tiny_spec()))
+            store.export_csv(tmp_path / "results.csv")
+            store.export_json(tmp_path / "results.json")
+        Report("t").para("x").write(tmp_path / "report.md")
+        curves({"p": {"fromage": ([0, 1], [[0.1, 0.9]])}}, tmp_path / "curves.png", xlabel="epoch", ylabel="acc")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {name: 0o666 & ~umask for name in
+                     ("results.sqlite", "results.csv", "results.json", "report.md", "curves.png")}

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -73,6 +74,11 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def _load_error(e: Exception) -> str:
     """The informative part of torch.load's (long, multi-paragraph) error message."""
+    if isinstance(e, EOFError):
+        return "the file is empty or ends too early"
+    if not isinstance(e, (pickle.UnpicklingError, RuntimeError)):
+        # torch's legacy loader tripping over bytes that are no pickle (a text file): its error says nothing
+        return f"the file is neither a zip archive nor a pickle ({type(e).__name__}: {e})"
     text = str(e)
     m = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\n|$)", text, re.S)
     detail = m.group(1) if m else (text.strip().splitlines() or [type(e).__name__])[0]

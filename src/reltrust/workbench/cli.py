@@ -7,30 +7,131 @@ Writes into DIR (default ``runs/<study>`` or ``runs/<study>-quick``):
 - ``results.csv`` (one row per run) and ``results.json`` (everything, per-epoch histories included);
 - the study's figures (PNG) and ``report.md``.
 
+Every argument is checked before anything is written (a usage mistake never touches DIR or its store):
+a bad one is one line on stderr naming it and what it allows, exit status 2.
+
 Exit status: 0 when every run of the grid finished (ok or diverged), 1 when some crashed (they are in
-the report), 130 when interrupted (what finished is kept and reported; rerun to resume).
+the report), 2 for a usage error, 130 when interrupted by Ctrl-C and 143 by SIGTERM (the worker
+processes are ended, what finished is kept and reported; rerun to resume).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
 
 from reltrust.workbench.runner import run_sweep
-from reltrust.workbench.store import Store
+from reltrust.workbench.store import Store, StoreError
 from reltrust.workbench.studies import get_study
+
+
+# ------------------------------------------------------------------------- argument checks (argparse types)
+def _whole_number(value: str, low: int, meaning: str) -> int:
+    if not re.fullmatch(r"\s*[+-]?\d+\s*", value) or int(value) < low:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= {low}{meaning}, got {value!r}")
+    return int(value)
+
+
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    return _whole_number(value, 1, "")
+
+
+def workers_int(value: str) -> int:
+    """An argparse type for --workers: a whole number >= 0 (0: run in this process)."""
+    return _whole_number(value, 0, " (0: run in this process)")
+
+
+def device_arg(value: str) -> str:
+    """An argparse type for --device: cpu, auto, cuda or cuda:N, where the cuda device exists here."""
+    if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"must be cpu, auto, cuda or cuda:N, got {value!r}")
+    if value.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(value.partition(":")[2] or 0)
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{value!r} requested but torch.cuda.is_available() is False here; "
+                                             "use cpu or auto")
+        if index >= count:
+            raise argparse.ArgumentTypeError(f"{value!r} requested but this machine has {count} CUDA device(s): "
+                                             f"cuda:0..cuda:{count - 1}")
+    return value
+
+
+def data_dir_arg(value: str) -> str:
+    """An argparse type for --data-dir: an existing folder."""
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise argparse.ArgumentTypeError(f"{value!r} {what}; it must be a folder holding the dataset files")
+    return value
+
+
+def _usage_error(command: str, message: str) -> int:
+    """Print a usage error as one line on stderr; its exit status, 2."""
+    print(f"reltrust {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _out_problem(out: Path) -> str | None:
+    """Why `out` cannot be the output folder (a file, under a file, not writable), or None."""
+    if out.exists() and not out.is_dir():
+        return f"{str(out)!r} is a file; it must be a folder (new or existing) you can write in"
+    above = out
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        return f"{str(out)!r} lies under the file {str(above)!r}; it must be a folder you can write in"
+    if not os.access(above, os.W_OK | os.X_OK):
+        return f"{str(above)!r} is not writable; --out must be a folder you can write in"
+    return None
+
+
+def _make_out(command: str, out: Path) -> int | None:
+    """Create the output folder; the exit status 2 after one line when that fails anyway (a read-only
+    file system, which `_out_problem` cannot see for root)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return _usage_error(command, f"argument --out: cannot create {str(out)!r} ({e.strerror}); "
+                                     "it must be a folder you can write in")
+    return None
+
+
+def _open_store(command: str, out: Path) -> Store | int:
+    """The store in `out`, or the exit status 2 after one line saying why it cannot be used."""
+    try:
+        return Store(out / "results.sqlite")
+    except StoreError as e:
+        return _usage_error(command, f"{e}: move it away or pass another --out")
+
+
+class _Terminated(KeyboardInterrupt):
+    """Raised by SIGTERM while a sweep runs: stops it like Ctrl-C (workers ended, results kept)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated
 
 
 def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `reproduce` beyond study/--quick/--out (called from `reltrust.cli`)."""
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=workers_int, default=None,
                    help="worker processes (default: one per CPU core, at most one per run; 0: run in this process)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores // workers)")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1) instead of the study's default")
-    p.add_argument("--data-dir", default=None, help="folder with dataset files (see reltrust.workbench.data)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch threads per worker (default: cores // workers)")
+    p.add_argument("--seeds", type=positive_int, default=None,
+                   help="number of seeds (0..N-1) instead of the study's default")
+    p.add_argument("--data-dir", type=data_dir_arg, default=None,
+                   help="folder with dataset files (see reltrust.workbench.data)")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: rebuild results.csv/json, figures and report from the store")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -83,6 +184,13 @@ def _lock(out: Path):
 _held_locks: list = []
 
 
+def _unlock(lock) -> None:
+    """Release a lock that `_lock` took (None: there was none)."""
+    if lock:
+        _held_locks.remove(lock)
+        lock.close()
+
+
 def reproduce_command(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if getattr(args, "list", False):
@@ -93,56 +201,62 @@ def reproduce_command(args: argparse.Namespace) -> int:
     try:
         study = get_study(args.study)
     except ValueError as e:
-        print(f"reltrust reproduce: {e}", file=sys.stderr)
-        return 2
+        return _usage_error("reproduce", f"argument study: {e}")
     quick = bool(getattr(args, "quick", False))
     tiny = bool(getattr(args, "tiny", False))
     out = Path(args.out or f"runs/{args.study}{'-tiny' if tiny else '-quick' if quick else ''}")
-    out.mkdir(parents=True, exist_ok=True)
+    problem = _out_problem(out)
+    if problem:
+        return _usage_error("reproduce", f"argument --out: {problem}")
     seeds = None if getattr(args, "seeds", None) is None else list(range(int(args.seeds)))
     specs = study.grid(quick, seeds=seeds, tiny=tiny)
     device = getattr(args, "device", "cpu") or "cpu"
     if device != "cpu":
         from reltrust.workbench.train import resolve_device
 
-        try:
-            device = str(resolve_device(device))
-        except RuntimeError as e:
-            print(f"reltrust reproduce: {e}", file=sys.stderr)
-            return 2
+        device = str(resolve_device(device))  # auto → cpu or cuda (device_arg checked the rest)
     progress = not getattr(args, "no_progress", False) and sys.stderr.isatty()
     command = _command_line(args)
-    interrupted = False
+    interrupted = None
+    failed = _make_out("reproduce", out)
+    if failed:
+        return failed
     lock = _lock(out)
     if lock is False:
         print(f"reltrust reproduce: another reproduce is running in {out} (lock {out / '.lock'})", file=sys.stderr)
         return 2
-    with Store(out / "results.sqlite") as store:
+    store = _open_store("reproduce", out)
+    if isinstance(store, int):
+        _unlock(lock)
+        return store
+    with store:
         todo = store.pending(specs)
         print(f"{args.study}: {len(specs)} runs in the grid, {len(specs) - len(todo)} already in {out / 'results.sqlite'}",
               flush=True)
         if not getattr(args, "report_only", False) and todo:
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
             try:
                 summary = run_sweep(specs, store, workers=args.workers, threads=args.threads, device=device,
                                     data_dir=args.data_dir, progress=progress)
                 print(summary.line(), flush=True)
-            except KeyboardInterrupt:
-                interrupted = True
-                print("interrupted: finished runs are kept; rerun the same command to resume", file=sys.stderr)
+            except KeyboardInterrupt as e:
+                interrupted = 143 if isinstance(e, _Terminated) else 130
+                why = "terminated" if isinstance(e, _Terminated) else "interrupted"
+                print(f"{why}: finished runs are kept; rerun the same command to resume", file=sys.stderr)
+            finally:
+                signal.signal(signal.SIGTERM, previous)
         records = store.records(specs=specs)
         store.export_csv(out / "results.csv", records)
         store.export_json(out / "results.json", records)
         report = study.analyse(store, out, specs=specs, command=command)
-    if lock:
-        _held_locks.remove(lock)
-        lock.close()
+    _unlock(lock)
     crashed = sum(r.status == "crashed" for r in records)
     missing = len(specs) - len(records)
     print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {report}")
     print(f"{len(records)}/{len(specs)} runs recorded ({crashed} crashed, {missing} not run); "
           f"total {time.perf_counter() - t0:.1f} s")
     if interrupted:
-        return 130
+        return interrupted
     return 1 if crashed or missing else 0
 
 
@@ -153,12 +267,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     which.add_argument("--index", type=int, help="position of the run in the study's grid (see --list)")
     which.add_argument("--key", help="the run's key, or a unique prefix of it (see --list)")
     which.add_argument("--list", action="store_true", help="list the grid: index, key, status in --out, label")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1), as given to reproduce")
+    p.add_argument("--seeds", type=positive_int, default=None, help="number of seeds (0..N-1), as given to reproduce")
     p.add_argument("--parallel", choices=["fsdp", "ddp", "none"], default=None,
                    help="data parallelism over the torchrun ranks (default: fsdp under torchrun with "
                         "more than one rank, else none)")
-    p.add_argument("--data-dir", default=None, help="folder with dataset files (see reltrust.workbench.data)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (each rank takes cuda:LOCAL_RANK)")
+    p.add_argument("--data-dir", type=data_dir_arg, default=None,
+                   help="folder with dataset files (see reltrust.workbench.data)")
+    p.add_argument("--device", type=device_arg, default="cpu",
+                   help="cpu (default) or cuda (each rank takes cuda:LOCAL_RANK)")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -177,22 +293,26 @@ def run_command(args: argparse.Namespace) -> int:
     """One run of a study's grid, recorded in the study's store so that `reproduce` skips it.
 
     Under ``torchrun --nproc-per-node N -m reltrust run …`` every rank trains its slice of each
-    minibatch (FSDP2 or DDP, see `reltrust.workbench.train.fit`) and rank 0 records the result."""
-    import os
-
+    minibatch (FSDP2 or DDP, see `reltrust.workbench.train.fit`) and rank 0 records the result.
+    A rerun that crashes never replaces a finished result in the store (see `Store.record`)."""
     try:
         study = get_study(args.study)
     except ValueError as e:
-        print(f"reltrust run: {e}", file=sys.stderr)
-        return 2
+        return _usage_error("run", f"argument study: {e}")
     quick, tiny = bool(args.quick), bool(getattr(args, "tiny", False))
     out = Path(args.out or f"runs/{args.study}{'-tiny' if tiny else '-quick' if quick else ''}")
+    problem = _out_problem(out)
+    if problem:
+        return _usage_error("run", f"argument --out: {problem}")
     seeds = None if args.seeds is None else list(range(int(args.seeds)))
     specs = study.grid(quick, seeds=seeds, tiny=tiny)
     if args.list:
         statuses = {}
         if (out / "results.sqlite").exists():
-            with Store(out / "results.sqlite") as store:
+            store = _open_store("run", out)
+            if isinstance(store, int):
+                return store
+            with store:
                 statuses = store.statuses()
         for i, s in enumerate(specs):
             print(f"{i:4d}  {s.key[:12]}  {statuses.get(s.key, 'pending'):8s}  {s.label()}")
@@ -200,8 +320,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         spec = _select(specs, args)
     except ValueError as e:
-        print(f"reltrust run: {e}", file=sys.stderr)
-        return 2
+        return _usage_error("run", str(e))
 
     from reltrust.distributed import destroy_distributed, init_distributed, launched_by_torchrun
     from reltrust.workbench.train import fit
@@ -216,11 +335,18 @@ def run_command(args: argparse.Namespace) -> int:
         rank, device = env.rank, env.device
     lock = None
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        failed = _make_out("run", out)
+        if failed:
+            return failed
         lock = _lock(out)
         if lock is False:
             print(f"reltrust run: a reproduce or run is writing {out} (lock {out / '.lock'})", file=sys.stderr)
             return 2
+        store = _open_store("run", out)  # refuse a file that is no store before a run is spent on it
+        if isinstance(store, int):
+            _unlock(lock)
+            return store
+        store.close()
         print(f"{spec.label()}  key {spec.key[:12]}  parallel={parallel or 'none'}", flush=True)
     try:
         result = fit(spec, device=device, data_dir=args.data_dir, progress=rank == 0 and sys.stderr.isatty(),
@@ -229,11 +355,14 @@ def run_command(args: argparse.Namespace) -> int:
         if rank == 0:
             import traceback
 
-            from reltrust.workbench.train import RunResult
+            from reltrust.workbench.results import RunRecord
 
             with Store(out / "results.sqlite") as store:
-                store.record(RunResult(spec=spec, status="crashed", error=traceback.format_exc(),
-                                       info={"device": str(device), "parallel": parallel}))
+                if not store.record(RunRecord(spec=spec, status="crashed", error=traceback.format_exc(),
+                                              info={"device": str(device), "parallel": parallel})):
+                    print(f"reltrust run: this rerun crashed; the finished result already in "
+                          f"{out / 'results.sqlite'} is kept", file=sys.stderr)
+            _unlock(lock)
         raise
     finally:
         if parallel is not None:
@@ -241,9 +370,7 @@ def run_command(args: argparse.Namespace) -> int:
     if rank == 0:
         with Store(out / "results.sqlite") as store:
             store.record(result)
-        if lock:
-            _held_locks.remove(lock)
-            lock.close()
+        _unlock(lock)
         f = result.final
         print(f"{result.status}: train_acc {f.get('train_acc')}, train_loss {f.get('train_loss')}, "
               f"{result.info.get('wall_seconds', 0):.1f} s on {result.info.get('world_size')} rank(s); "

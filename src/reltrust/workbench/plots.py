@@ -7,19 +7,22 @@
 
 A band is min–max over seeds (``band="minmax"``, default) or mean ± one standard deviation (``"std"``);
 the line is the mean. With one seed there is no band, and the figure's caption should say so. Every
-function writes a PNG atomically (temporary file, then `os.replace`) and returns its path.
+function writes a PNG atomically (temporary file, then `os.replace`), with the permissions the umask
+gives a new file, and returns its path.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from reltrust.workbench.store import atomic_write_bytes
 
 # One colour per optimiser name, stable across figures; others take the default cycle.
 COLORS = {"fromage": "#1b9e77", "sgd": "#d95f02", "adam": "#7570b3", "adamw": "#e7298a", "lars": "#66a61e",
@@ -49,19 +52,11 @@ def band(values: Sequence[Sequence[float]], kind: str = "minmax") -> tuple[np.nd
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Render `fig` as PNG and write it atomically, with the umask's permissions (`atomic_write_bytes`)."""
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _color(label: str, i: int) -> str:

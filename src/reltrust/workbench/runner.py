@@ -13,6 +13,9 @@
 - A run that raises is recorded as ``crashed`` with its traceback and the sweep goes on; a worker
   process that dies (killed, out of memory) is replaced and its runs retried once, then recorded as
   crashed. A diverged run is a result (``diverged``), not a crash.
+- Workers end with their parent: an exception that stops the sweep in the parent (Ctrl-C, the CLI's
+  SIGTERM) terminates them at once (their runs in flight are lost, what finished is stored), and a
+  worker whose parent is gone (SIGKILL) notices within half a second and exits.
 - Runs are started longest first (by a rough cost estimate) so that the last minutes are not spent
   waiting on one long run.
 """
@@ -30,9 +33,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from reltrust.workbench.results import RunRecord
 from reltrust.workbench.spec import RunSpec
 from reltrust.workbench.store import Store
-from reltrust.workbench.results import RunRecord as RunResult
 
 
 def sweep(
@@ -112,7 +115,7 @@ def default_workers(n_runs: int) -> tuple[int, int]:
     return workers, max(1, cores // workers)
 
 
-def execute(spec: RunSpec, device: str = "cpu", data_dir: str | None = None, progress: bool = False) -> RunResult:
+def execute(spec: RunSpec, device: str = "cpu", data_dir: str | None = None, progress: bool = False) -> RunRecord:
     """`fit(spec)`, with any exception turned into a ``crashed`` result carrying the traceback."""
     from reltrust.workbench.train import fit
 
@@ -122,15 +125,26 @@ def execute(spec: RunSpec, device: str = "cpu", data_dir: str | None = None, pro
     except Exception:  # noqa: BLE001 - a crash is recorded, never allowed to stop the sweep
         import torch
 
-        return RunResult(
+        return RunRecord(
             spec=spec, status="crashed", error=traceback.format_exc(),
             info={"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
                   "wall_seconds": time.perf_counter() - t0},
         )
 
 
-def _init_worker(threads: int) -> None:
+def _watch_parent(parent: int) -> None:
+    """Exit this worker as soon as its parent process `parent` is gone (it was reparented)."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    import threading
+
     import torch
+
+    threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
 
     torch.set_num_threads(threads)
     try:
@@ -139,8 +153,8 @@ def _init_worker(threads: int) -> None:
         pass
 
 
-def _dead_worker_result(spec: RunSpec, device: str, why: str) -> RunResult:
-    return RunResult(spec=spec, status="crashed", error=f"worker process died while running this spec: {why}",
+def _dead_worker_result(spec: RunSpec, device: str, why: str) -> RunRecord:
+    return RunRecord(spec=spec, status="crashed", error=f"worker process died while running this spec: {why}",
                      info={"device": str(device)})
 
 
@@ -154,16 +168,20 @@ def run_sweep(
     data_dir: str | None = None,
     progress: bool | None = None,
     retry_crashed: bool = True,
-    on_result: Callable[[RunResult], None] | None = None,
+    on_result: Callable[[RunRecord], None] | None = None,
 ) -> SweepSummary:
     """Run every spec not yet finished in `store`, record each result as it arrives; see module doc."""
+    if workers is not None and workers < 0:
+        raise ValueError(f"workers must be >= 0 (0: run in this process), got {workers}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     t0 = time.perf_counter()
     specs = list(specs)
     distinct = {s.key for s in specs}
     todo = store.pending(specs, retry_crashed=retry_crashed)
     todo.sort(key=estimate_cost, reverse=True)  # stable: equal costs keep the caller's order
     auto_w, auto_t = default_workers(len(todo) or 1)
-    workers = auto_w if workers is None else max(0, int(workers))
+    workers = auto_w if workers is None else int(workers)
     if threads is None:
         threads = auto_t if workers else None
     summary = SweepSummary(total=len(distinct), skipped=len(distinct) - len(todo), ran=0,
@@ -174,7 +192,7 @@ def run_sweep(
 
     bar = tqdm(total=len(todo), unit="run", desc="runs", disable=not progress, dynamic_ncols=True)
 
-    def take(result: RunResult) -> None:
+    def take(result: RunRecord) -> None:
         store.record(result)
         summary.ran += 1
         setattr(summary, result.status, getattr(summary, result.status) + 1)
@@ -205,13 +223,13 @@ def run_sweep(
 
 
 def _run_pool(todo: list[RunSpec], workers: int, threads: int, device: str, data_dir: str | None,
-              take: Callable[[RunResult], None]) -> None:
+              take: Callable[[RunRecord], None]) -> None:
     queue = list(reversed(todo))  # pop() from the end = longest first
     deaths: dict[str, int] = {}
     ctx = mp.get_context("spawn")
     while queue:
         pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                      initargs=(threads,))
+                                      initargs=(threads, os.getpid()))
         in_flight: dict[cf.Future, RunSpec] = {}
         broken = False
         try:
@@ -244,5 +262,19 @@ def _run_pool(todo: list[RunSpec], workers: int, threads: int, device: str, data
                             queue.append(spec)
                     in_flight.clear()
                     break
+        except BaseException:
+            _terminate_workers(pool)
+            broken = True  # nothing left to wait for
+            raise
         finally:
             pool.shutdown(wait=not broken, cancel_futures=True)
+
+
+def _terminate_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """SIGTERM every worker process of `pool` and reap it (``_processes`` is the executor's own map of
+    them; Python 3.14's ``terminate_workers`` does the same)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.join(timeout=5)

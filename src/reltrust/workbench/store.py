@@ -10,7 +10,13 @@ One writer: the process that owns the `Store` (the runner's parent process); wor
 it. Each `record` is one transaction, so a sweep that is killed leaves every run it finished intact and
 nothing half-written; `pending(specs)` then returns exactly the runs still to do. Crashed runs are
 retried by `pending` unless ``retry_crashed=False`` (a crash says nothing about the optimiser; a
-diverged run is a finished result and is never redone).
+diverged run is a finished result and is never redone). A crash is never recorded over a finished
+(ok / diverged) result of the same run: a failed rerun loses nothing.
+
+A new store is built under a temporary name and linked into place with its tables, so a file at the
+store's path is always a complete store; an existing file that is not one (not SQLite, empty,
+truncated, other tables) raises `StoreError` and is left untouched. Every file written here (the store,
+the exports) gets the permissions the user's umask gives a new file.
 
 Numbers that are not finite (a diverged loss) are kept as JSON ``NaN``/``Infinity`` inside the store,
 written as ``nan``/``inf`` in CSV and as ``null`` in the strict JSON export.
@@ -80,16 +86,32 @@ def _last_line(text: str | None) -> str | None:
     return lines[-1] if lines else None
 
 
+def new_file_mode() -> int:
+    """The permissions ``open()`` gives a new file under the current umask (0o666 & ~umask)."""
+    umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to a temporary file beside `path`, fsync it, then `os.replace` it into place."""
+    """Write `text` (UTF-8) to `path` atomically; see `atomic_write_bytes`."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to a temporary file beside `path`, give it the umask's permissions (`new_file_mode`;
+    ``mkstemp`` makes it 0600), fsync it, then `os.replace` it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -100,20 +122,102 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+class StoreError(Exception):
+    """The file at a store's path is not a results store this version can use; it was not changed."""
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _tables(db: sqlite3.Connection) -> dict[str, list[str]]:
+    """table → column names, for the user tables of `db`."""
+    names = [n for (n,) in db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    return {n: [row[1] for row in db.execute("SELECT * FROM pragma_table_info(?)", (n,))] for n in names}
+
+
+def _schema_tables() -> dict[str, list[str]]:
+    """The tables of a store, as `_SCHEMA` makes them."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(_SCHEMA)
+        return _tables(db)
+    finally:
+        db.close()
+
+
+def _schema_difference(found: dict[str, list[str]], expected: dict[str, list[str]]) -> str:
+    """How the tables `found` differ from a store's, in a few words."""
+    if set(found) != set(expected):
+        return f"its tables are {', '.join(found) or 'none'}; a store has {', '.join(expected)}"
+    return f"other columns in table {', '.join(t for t in expected if found[t] != expected[t])}"
+
+
+def _create(path: Path) -> None:
+    """Build a store with its tables (WAL mode) beside `path`, then hard-link it into place; when another
+    process created `path` first, theirs is kept."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        os.chmod(tmp, new_file_mode())
+        db = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            db.executescript(_SCHEMA)
+            db.execute("PRAGMA journal_mode=WAL")
+        finally:
+            db.close()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+
+
+def _problem(path: Path) -> str | None:
+    """Why the existing file `path` cannot be a store, from its size and header (None: it may be one)."""
+    if path.is_dir():
+        return "a folder"
+    with open(path, "rb") as f:
+        head = f.read(len(_SQLITE_HEADER))
+    if not head:
+        return "an empty file; a store reltrust made always holds its tables"
+    if head != _SQLITE_HEADER:
+        return "not an SQLite database"
+    return None
+
+
 Record = RunRecord  # what the store reads back is the record type the runner writes
 
 
 class Store:
-    """A results store in the SQLite file `path` (created, with its folder, if missing)."""
+    """A results store in the SQLite file `path` (created, with its folder, if missing).
+
+    Raises `StoreError` (one line naming the file and what is wrong with it) when `path` exists but is
+    not a results store: not an SQLite database, empty, damaged or truncated, or other tables."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            _create(self.path)
+        why = _problem(self.path)
+        if why is not None:
+            raise StoreError(f"{self.path} is not a reltrust results store ({why})")
         self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        try:
+            found = _tables(self._db)  # read before any pragma, which would write to a file that is no store
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise StoreError(f"{self.path} is not a reltrust results store (damaged or truncated: {e})") from None
+        expected = _schema_tables()
+        if found != expected:
+            self._db.close()
+            raise StoreError(f"{self.path} is not a reltrust results store "
+                             f"({_schema_difference(found, expected)})")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     def close(self) -> None:
@@ -126,14 +230,21 @@ class Store:
         self.close()
 
     # ---- writing -----------------------------------------------------------------------------------
-    def record(self, result: RunRecord) -> None:
-        """Insert or replace one run and its epochs, in one transaction."""
+    def record(self, result: RunRecord) -> bool:
+        """Insert or replace one run and its epochs, in one transaction; True when it was stored.
+
+        A ``crashed`` result for a run whose stored result is finished (ok / diverged) is not stored
+        (False): the finished result is kept, whatever went wrong with the rerun."""
         spec = result.spec
         key = spec.key
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            stored = db.execute("SELECT status FROM runs WHERE key = ?", (key,)).fetchone()
+            if result.status == "crashed" and stored is not None and stored[0] in FINISHED:
+                db.execute("ROLLBACK")
+                return False
             db.execute("DELETE FROM epochs WHERE key = ?", (key,))
             db.execute("DELETE FROM runs WHERE key = ?", (key,))
             db.execute(
@@ -153,6 +264,7 @@ class Store:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        return True
 
     # ---- reading -----------------------------------------------------------------------------------
     def statuses(self) -> dict[str, str]:

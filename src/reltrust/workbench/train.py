@@ -54,8 +54,6 @@ from reltrust.workbench.schedules import build_scheduler
 from reltrust.workbench.spec import RunSpec
 from reltrust.workbench.tasks import Shard, Task, make_task
 
-RunResult = RunRecord  # the name this module used before the record type was shared with the store
-
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``"auto"`` → cuda when available, else cpu; a cuda request without cuda is a clear error."""
