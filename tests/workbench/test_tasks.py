@@ -127,11 +127,13 @@ def test_a_killed_gan_sweep_resumes_and_equals_an_uninterrupted_one(tmp_path):
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with sqlite3.connect(db) as con:
-                    n = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
-            except sqlite3.OperationalError:
-                n = 0
+            n = 0
+            if db.exists():  # connecting first would create an empty file, which is no store
+                try:
+                    with sqlite3.connect(db) as con:
+                        n = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+                except sqlite3.OperationalError:
+                    pass
             if n >= 1:
                 proc.send_signal(signal.SIGKILL)
                 break
