@@ -21,8 +21,14 @@ class Fromage(LayerwiseOptimizer):
         u ← g                                    (momentum = 0)
         u ← m ← β·m + (1−β)·g                    (momentum = β > 0; m starts at 0)
         r ← ‖W‖/‖u‖,  and r = 1 if ‖W‖ = 0 or ‖u‖ = 0      (zero-initialised biases, zero gradients)
+                        and r = NaN if ‖W‖ or ‖u‖ is NaN or inf
         W ← (W − η·r·u) / √(1 + η²)
         if p_bound:  W ← W · min(1, p_bound·‖W₀‖/‖W‖)      (‖W₀‖: norm when W first got a gradient)
+
+    A NaN or inf in W or g thus makes the tensor's whole step NaN, on every path (native kernels,
+    foreach, per-tensor loop), so that divergence is seen, as torch's optimisers let a NaN through;
+    the other tensors step as usual. (A group with ``trust_ratio=False`` takes no norms: there a
+    NaN stays in the entries it reaches, as in SGD.)
 
     Away from the zero-norm branch the gradient part of the step has norm exactly η‖W‖ before the
     division, so with c = 1/√(1+η²) the new weights are W_new = c·W + ΔW with ‖ΔW‖/‖W‖ = η·c =

@@ -32,12 +32,13 @@ class LAMB(LayerwiseOptimizer):
 
         m ← β₁·m + (1−β₁)·g            v ← β₂·v + (1−β₂)·g²
         u ← (m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ε) + λ·W
-        r ← ‖W‖/‖u‖,  and r = 1 if ‖W‖ = 0 or ‖u‖ = 0
+        r ← ‖W‖/‖u‖,  and r = 1 if ‖W‖ = 0 or ‖u‖ = 0,  r = NaN if either is NaN or inf
         W ← W − η·r·u
 
     Weight decay is inside u, before the ratio. A param group with ``trust_ratio=False`` uses r = 1
     (AdamW-like with coupled-into-u decay) — the usual treatment of biases and norm layers, whose
-    group also has λ = 0 (see `reltrust.optim.param_groups`). ``p.grad`` is never modified. Gradient
+    group also has λ = 0 (see `reltrust.optim.param_groups`). A NaN or inf in W or g makes the
+    tensor's whole step NaN, so that divergence is seen, as in `Fromage`. ``p.grad`` is never modified. Gradient
     clipping, if wanted, is a separate step before ``step()`` (``torch.nn.utils.clip_grad_norm_``).
 
     Args:

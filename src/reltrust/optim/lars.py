@@ -17,14 +17,15 @@ class LARS(LayerwiseOptimizer):
 
     For each parameter tensor W with gradient g (‖·‖: Frobenius norm of the whole tensor)::
 
-        r ← κ‖W‖ / (‖g‖ + λ‖W‖ + ε),  and r = 1 if ‖W‖ = 0 or ‖g‖ = 0
+        r ← κ‖W‖ / (‖g‖ + λ‖W‖ + ε),  and r = 1 if ‖W‖ = 0 or ‖g‖ = 0,  r = NaN if either is NaN or inf
         v ← μ·v + η·r·(g + λW)                       (v starts at 0)
         W ← W − v                                     (nesterov=False)
         W ← W − η·r·(g + λW) − μ·v                    (nesterov=True, with the new v)
 
     With momentum = 0 there is no buffer and W ← W − η·r·(g + λW). A param group with
     ``trust_ratio=False`` uses r = 1: plain SGD with momentum and L2 weight decay (the usual treatment
-    of biases and norm layers, see `reltrust.optim.param_groups`).
+    of biases and norm layers, see `reltrust.optim.param_groups`). A NaN or inf in W or g makes the
+    tensor's whole step (and its buffer) NaN, so that divergence is seen, as in `Fromage`.
 
     Args:
         lr: η (≥ 0), the global learning rate; with κ = 0.001 typical values are 1–20 for large batches.
