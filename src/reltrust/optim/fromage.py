@@ -82,15 +82,18 @@ class Fromage(LayerwiseOptimizer):
         fused: bool | None = None,
         cache_weight_norm: bool = False,
     ) -> None:
-        check_float("lr", lr, 0.0)
-        if p_bound is not None:
-            check_float("p_bound", p_bound, 0.0, low_open=True)
-        check_float("momentum", momentum, 0.0, 1.0)
         defaults = dict(
             lr=lr, p_bound=p_bound, momentum=momentum, foreach=foreach, maximize=maximize, fused=fused,
             cache_weight_norm=cache_weight_norm,
         )
         super().__init__(params, defaults)
+
+    @staticmethod
+    def _check_hyperparameters(group: dict[str, Any]) -> None:
+        check_float("lr", group["lr"], 0.0)
+        if group["p_bound"] is not None:
+            check_float("p_bound", group["p_bound"], 0.0, low_open=True)
+        check_float("momentum", group["momentum"], 0.0, 1.0)
 
     def _init_state(self, group: dict[str, Any], p: torch.Tensor, state: dict[str, Any]) -> None:
         if group["momentum"] > 0 and "momentum_buffer" not in state:
@@ -99,14 +102,15 @@ class Fromage(LayerwiseOptimizer):
             state["initial_norm"] = scalar_state(p, math.nan)  # NaN: "not recorded yet"
 
     def _update(self, group: dict[str, Any], b: Bucket, foreach: bool) -> None:
+        p_bound = group["p_bound"]
         b.weight_norm_out = fromage_update(
             b.params,
             b.grads,
             b.state_list("momentum_buffer") if group["momentum"] > 0 else None,
-            b.state_list("initial_norm") if group["p_bound"] is not None else None,
-            lr=group["lr"],
-            momentum=group["momentum"],
-            p_bound=group["p_bound"],
+            b.state_list("initial_norm") if p_bound is not None else None,
+            lr=float(group["lr"]),  # any real number type (check_float) as a Python float
+            momentum=float(group["momentum"]),
+            p_bound=None if p_bound is None else float(p_bound),
             trust_ratio=group["trust_ratio"],
             maximize=group["maximize"],
             foreach=foreach,

@@ -65,18 +65,22 @@ class LAMB(LayerwiseOptimizer):
         maximize: bool = False,
         fused: bool | None = None,
     ) -> None:
-        check_float("lr", lr, 0.0)
+        defaults = dict(
+            lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps, weight_decay=weight_decay,
+            foreach=foreach, maximize=maximize, fused=fused,
+        )
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def _check_hyperparameters(group: dict[str, Any]) -> None:
+        check_float("lr", group["lr"], 0.0)
+        betas = group["betas"]
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise ValueError(f"Invalid betas: {betas!r}; expected a pair (beta1, beta2)")
         check_float("betas[0]", betas[0], 0.0, 1.0)
         check_float("betas[1]", betas[1], 0.0, 1.0)
-        check_float("eps", eps, 0.0)
-        check_float("weight_decay", weight_decay, 0.0)
-        defaults = dict(
-            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach, maximize=maximize,
-            fused=fused,
-        )
-        super().__init__(params, defaults)
+        check_float("eps", group["eps"], 0.0)
+        check_float("weight_decay", group["weight_decay"], 0.0)
 
     def _init_state(self, group: dict[str, Any], p: torch.Tensor, state: dict[str, Any]) -> None:
         if "step" not in state:
@@ -85,18 +89,18 @@ class LAMB(LayerwiseOptimizer):
             state["exp_avg_sq"] = state_zeros(p)
 
     def _update(self, group: dict[str, Any], b: Bucket, foreach: bool) -> None:
-        beta1, beta2 = group["betas"]
+        beta1, beta2 = map(float, group["betas"])  # any real number type (check_float) as Python floats
         lamb_update(
             b.params,
             b.grads,
             b.state_list("exp_avg"),
             b.state_list("exp_avg_sq"),
             [s["step"] for s in b.states],
-            lr=group["lr"],
+            lr=float(group["lr"]),
             beta1=beta1,
             beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
+            eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]),
             trust_ratio=group["trust_ratio"],
             maximize=group["maximize"],
             foreach=foreach,

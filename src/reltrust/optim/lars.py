@@ -8,7 +8,7 @@ import torch
 from reltrust.optim import _native
 from reltrust.optim import trust_ratio as tr
 from reltrust.optim._base import (
-    Bucket, LayerwiseOptimizer, cache_blocks, check_float, fused_choice, ops, per_tensor, state_zeros,
+    Bucket, LayerwiseOptimizer, cache_blocks, check_flag, check_float, fused_choice, ops, per_tensor, state_zeros,
 )
 
 
@@ -67,19 +67,23 @@ class LARS(LayerwiseOptimizer):
         fused: bool | None = None,
         cache_weight_norm: bool = False,
     ) -> None:
-        check_float("lr", lr, 0.0)
-        check_float("momentum", momentum, 0.0, 1.0)
-        check_float("weight_decay", weight_decay, 0.0)
-        check_float("trust_coefficient", trust_coefficient, 0.0, low_open=True)
-        check_float("eps", eps, 0.0)
-        if nesterov and momentum <= 0:
-            raise ValueError("Invalid nesterov=True: Nesterov momentum requires momentum in (0, 1)")
         defaults = dict(
             lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
             eps=eps, nesterov=nesterov, foreach=foreach, maximize=maximize, fused=fused,
             cache_weight_norm=cache_weight_norm,
         )
         super().__init__(params, defaults)
+
+    @staticmethod
+    def _check_hyperparameters(group: dict[str, Any]) -> None:
+        check_float("lr", group["lr"], 0.0)
+        check_float("momentum", group["momentum"], 0.0, 1.0)
+        check_float("weight_decay", group["weight_decay"], 0.0)
+        check_float("trust_coefficient", group["trust_coefficient"], 0.0, low_open=True)
+        check_float("eps", group["eps"], 0.0)
+        check_flag("nesterov", group["nesterov"])
+        if group["nesterov"] and group["momentum"] <= 0:
+            raise ValueError("Invalid nesterov=True: Nesterov momentum requires momentum in (0, 1)")
 
     def _init_state(self, group: dict[str, Any], p: torch.Tensor, state: dict[str, Any]) -> None:
         if group["momentum"] > 0 and "momentum_buffer" not in state:
@@ -90,11 +94,11 @@ class LARS(LayerwiseOptimizer):
             b.params,
             b.grads,
             b.state_list("momentum_buffer") if group["momentum"] > 0 else None,
-            lr=group["lr"],
-            momentum=group["momentum"],
-            weight_decay=group["weight_decay"],
-            trust_coefficient=group["trust_coefficient"],
-            eps=group["eps"],
+            lr=float(group["lr"]),  # any real number type (check_float) as a Python float
+            momentum=float(group["momentum"]),
+            weight_decay=float(group["weight_decay"]),
+            trust_coefficient=float(group["trust_coefficient"]),
+            eps=float(group["eps"]),
             nesterov=group["nesterov"],
             trust_ratio=group["trust_ratio"],
             maximize=group["maximize"],
