@@ -385,3 +385,73 @@ def test_a_parameter_listed_twice_is_refused(name):
     assert len(opt.param_groups) == 1
     opt.add_param_group({"params": iter([q])})  # an iterator is read once, and still works
     assert opt.param_groups[1]["params"] == [q]
+
+
+OTHERS = {
+    **FACTORIES,
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+    "adam": lambda p: torch.optim.Adam(p, lr=0.01),
+}
+
+
+def trained(factory, steps=2):
+    m = model()
+    opt = factory(m.parameters())
+    train(m, opt, batches(steps))
+    return m, opt
+
+
+@pytest.mark.parametrize("name,source", [(n, s) for n in FACTORIES for s in OTHERS if s != n])
+def test_another_optimisers_state_is_refused_and_changes_nothing(name, source):
+    _, other = trained(OTHERS[source])
+    m, opt = trained(FACTORIES[name])
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=rf"{type(opt).__name__}\.load_state_dict: param group 0 (has keys|missing)"):
+        opt.load_state_dict(other.state_dict())
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    for k, st in before["state"].items():
+        assert all(torch.equal(v, after["state"][k][key]) for key, v in st.items())
+
+
+def test_the_refusal_names_what_differs():
+    _, lars = trained(FACTORIES["lars"])
+    _, lamb = trained(FACTORIES["lamb"])
+    with pytest.raises(ValueError) as info:
+        lamb.load_state_dict(lars.state_dict())
+    assert str(info.value) == (
+        "LAMB.load_state_dict: param group 0 has keys ['cache_weight_norm', 'momentum', 'nesterov', "
+        "'trust_coefficient'] that LAMB does not use; missing ['betas'] (another optimiser's state?)"
+    )
+    sd = lamb.state_dict()
+    del sd["state"][1]["exp_avg"]
+    sd["state"][2]["momentum_buffer"] = sd["state"][2]["exp_avg"]
+    with pytest.raises(ValueError, match=r"state of parameter 1 missing \['exp_avg'\]"):
+        lamb.load_state_dict(sd)
+    del sd["state"][1]
+    with pytest.raises(ValueError, match=r"state of parameter 2 has keys \['momentum_buffer'\] that LAMB does not use"):
+        lamb.load_state_dict(sd)
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_an_older_state_without_switches_and_with_torch_keys_loads_and_resumes(name):
+    """Keys torch and its schedulers add, a user's own group keys, and a state saved before the
+    switches (foreach, maximize, fused, trust_ratio, cache_weight_norm) existed: all load, and
+    training resumes bit for bit."""
+    data = batches(6)
+    m1 = model()
+    o1 = FACTORIES[name]([{"params": list(m1.parameters()), "name": "all"}])
+    train(m1, o1, data[:3])
+    sd = copy.deepcopy(o1.state_dict())
+    for g in sd["param_groups"]:
+        for key in ("foreach", "maximize", "fused", "trust_ratio", "cache_weight_norm"):
+            g.pop(key, None)
+        g.update(differentiable=False, initial_lr=g["lr"])
+    m2 = copy.deepcopy(m1)
+    o2 = FACTORIES[name]([{"params": list(m2.parameters()), "name": "all"}])
+    o2.load_state_dict(sd)
+    assert o2.param_groups[0]["trust_ratio"] is True and o2.param_groups[0]["name"] == "all"
+    train(m1, o1, data[3:])
+    train(m2, o2, data[3:])
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(a, b)

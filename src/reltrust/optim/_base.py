@@ -130,15 +130,28 @@ def check_flag(name: str, value: Any, *, none: bool = False) -> None:
     raise ValueError(f"Invalid {name}: {value!r}; expected {'None, True or False' if none else 'True or False'}")
 
 
+#: Param-group keys a saved state may hold that this optimiser's groups need not have: torch's
+#: bookkeeping and what torch's LR schedulers add to groups.
+TORCH_GROUP_KEYS = frozenset({
+    "foreach", "maximize", "differentiable", "capturable", "fused", "param_names",
+    "initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum", "swa_lr",
+})
+#: Switches a state saved before they existed may lack; the defaults fill them in (`__setstate__`).
+SWITCHES = frozenset({"foreach", "maximize", "fused", "trust_ratio", "cache_weight_norm"})
+
+
 class LayerwiseOptimizer(torch.optim.Optimizer):
-    """Base class: subclasses define `_check_hyperparameters(group)`, `_init_state(group, p, state)`
-    and `_update(group, bucket, foreach)`.
+    """Base class: subclasses define `_check_hyperparameters(group)`, `_init_state(group, p, state)`,
+    `_update(group, bucket, foreach)` and `STATE_KEYS`, the sets of per-parameter state entries
+    `_init_state` creates together.
 
     Hyperparameters are validated by one function per optimiser (`_check_group`) wherever a step
     could meet them: the defaults and every group at construction, a group given to
     `add_param_group`, and every group at the start of each `step` (values set later in
     `param_groups`, e.g. by hand; Python scalars only, no tensor is read), with the same messages.
     """
+
+    STATE_KEYS: tuple[frozenset[str], ...] = ()
 
     def __init__(self, params, defaults: dict[str, Any]) -> None:
         defaults.setdefault("trust_ratio", True)
@@ -206,12 +219,14 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 group.setdefault(key, value)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As torch's, but state of 16-bit parameters stays float32 (torch casts it to the param dtype).
+        """As torch's, but refuses another optimiser's state (`_check_loaded`), and state of 16-bit
+        parameters stays float32 (torch casts it to the param dtype).
 
         Keys of ``state_dict["state"]`` may be indices or, from
         `torch.distributed.checkpoint.state_dict.set_state_dict`, parameter names; either way they
         follow the order of ``state_dict["param_groups"]``, which torch pairs with this optimiser's.
         """
+        self._check_loaded(state_dict)
         self.__dict__.pop("_weight_norm_cache", None)  # see _norm_cache_get
         saved = state_dict["state"]
         keys = [k for g in state_dict["param_groups"] for k in g["params"]]
@@ -225,6 +240,32 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             for name, value in saved[key].items():
                 if torch.is_tensor(value) and value.is_floating_point() and name in state:
                     state[name] = value.to(device=state[name].device, dtype=work)
+
+    def _check_loaded(self, state_dict: dict[str, Any]) -> None:
+        """ValueError naming what differs unless `state_dict` is this optimiser's kind of state
+        (torch's load would take any optimiser's and replace the hyperparameters with its own).
+
+        Each saved param group must hold this optimiser's hyperparameters (the `SWITCHES` may be
+        missing: older states lack some) and no other key but torch's (`TORCH_GROUP_KEYS`) and those
+        the group here has (a user's own keys); each parameter's state only this optimiser's
+        entries, each set in `STATE_KEYS` whole or not at all.
+        """
+        name = type(self).__name__
+
+        def differ(where: str, extra: set[str], missing: set[str]) -> None:
+            if extra or missing:
+                parts = [f"has keys {sorted(extra)} that {name} does not use"] if extra else []
+                parts += [f"missing {sorted(missing)}"] if missing else []
+                raise ValueError(f"{name}.load_state_dict: {where} {'; '.join(parts)} (another optimiser's state?)")
+
+        required = set(self.defaults) - SWITCHES
+        for i, (group, saved) in enumerate(zip(self.param_groups, state_dict["param_groups"])):
+            differ(f"param group {i}", set(saved) - set(group) - TORCH_GROUP_KEYS, required - set(saved))
+        known = set().union(*self.STATE_KEYS)
+        for key, saved in state_dict["state"].items():
+            present = set(saved)
+            differ(f"state of parameter {key!r}", present - known,
+                   set().union(*(keys - present for keys in self.STATE_KEYS if keys & present)))
 
     def _init_state(self, group: dict[str, Any], p: torch.Tensor, state: dict[str, Any]) -> None:  # pragma: no cover
         raise NotImplementedError

@@ -70,6 +70,8 @@ class Fromage(LayerwiseOptimizer):
     squared norms per step (two with ``p_bound``).
     """
 
+    STATE_KEYS = (frozenset({"momentum_buffer"}), frozenset({"initial_norm"}))
+
     def __init__(
         self,
         params,

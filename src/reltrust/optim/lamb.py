@@ -53,6 +53,8 @@ class LAMB(LayerwiseOptimizer):
     DTensor parameters: one all-reduce each for the squared norms of W and of u.
     """
 
+    STATE_KEYS = (frozenset({"step", "exp_avg", "exp_avg_sq"}),)
+
     def __init__(
         self,
         params,

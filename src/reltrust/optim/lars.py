@@ -52,6 +52,8 @@ class LARS(LayerwiseOptimizer):
     the per-tensor squared norms of W and g.
     """
 
+    STATE_KEYS = (frozenset({"momentum_buffer"}),)
+
     def __init__(
         self,
         params,
