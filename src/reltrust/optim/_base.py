@@ -10,9 +10,10 @@ float32 from the start.
 `ops` runs an elementwise op over a list either as one multi-tensor (`torch._foreach_*`) call or as a
 per-tensor loop. Both paths run the same arithmetic on the same operands, so they agree exactly.
 
-A third implementation, the native CPU kernels of `reltrust.optim._native`, is chosen per bucket by
-each update function from the group's `fused` setting (`fused_choice`): by default it runs wherever it
-applies (contiguous CPU tensors computed in float32) unless the group names `foreach` explicitly.
+A third implementation, the native CPU kernels of `reltrust.optim._native`, is chosen per tensor by
+each update function from the group's `fused` setting (`fused_choice`, `_native.route`): by default it
+runs wherever it applies (contiguous CPU tensors computed in float32), the bucket's other tensors
+taking the torch path in the same step, unless the group names `foreach` explicitly.
 """
 from __future__ import annotations
 

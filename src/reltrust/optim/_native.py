@@ -232,22 +232,40 @@ def supported(*tensor_lists: Sequence[torch.Tensor] | None) -> bool:
     return True
 
 
-def use(fused: bool | None, *tensor_lists: Sequence[torch.Tensor] | None) -> bool:
-    """Whether an update runs on the native kernels: `fused` None → where they apply, True → required
-    (RuntimeError naming the reason otherwise), False → never."""
+def route(fused: bool | None, *tensor_lists: Sequence[torch.Tensor] | None) -> Sequence[int] | None:
+    """The tensors of an update that run on the native kernels, as indices into the aligned lists
+    (``range(n)``: all; None: none). `fused` None → every tensor they take (`supported`, checked per
+    tensor only when not all are), the others taking the torch path in the same step, so that one
+    tensor the kernels cannot take (a channels_last weight, say) does not send the whole group there;
+    True → all of them (RuntimeError naming the reason otherwise); False → none."""
     if fused is False:
-        return False
-    ok = supported(*tensor_lists)
-    if fused and not ok:
+        return None
+    n = len(tensor_lists[0])
+    if supported(*tensor_lists):
+        chosen: Sequence[int] = range(n)
+    elif fused:
         raise RuntimeError(
             "fused=True needs contiguous CPU tensors computed in float32 (float32, bfloat16 or float16 "
             "parameters) with gradients and state of the parameters' sizes"
         )
-    if ok and not available():
+    else:
+        lists = [ts for ts in tensor_lists if ts is not None]
+        chosen = [i for i in range(n) if supported(*([ts[i]] for ts in lists))]
+    if not chosen:
+        return None
+    if not available():
         if fused:
             raise RuntimeError(f"fused=True but the native kernels are unavailable: {_reason}")
-        return False
-    return ok
+        return None
+    return chosen
+
+
+def partition(indices: Sequence[int], *lists: Sequence | None) -> tuple[list, list]:
+    """([each list's entries at `indices`], [each list's other entries]), None lists staying None."""
+    chosen = set(indices)
+    rest = [i for i in range(len(lists[0])) if i not in chosen]
+    return ([None if ts is None else [ts[i] for i in indices] for ts in lists],
+            [None if ts is None else [ts[i] for i in rest] for ts in lists])
 
 
 # ---------------------------------------------------------------------------------------------------

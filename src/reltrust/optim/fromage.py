@@ -50,14 +50,16 @@ class Fromage(LayerwiseOptimizer):
         foreach: multi-tensor ``torch._foreach_*`` kernels (True) or a per-tensor loop (False); both
             give the same result.
         maximize: ascend instead of descend.
-        fused: the native CPU kernels (`reltrust.optim._native`): None (default) uses them for
-            contiguous CPU float32/16-bit tensors when they are built and ``foreach`` is not set,
-            True requires them, False never uses them. A norm pass and an update pass (20 bytes
+        fused: the native CPU kernels (`reltrust.optim._native`): None (default) uses them for the
+            contiguous CPU float32/16-bit tensors when they are built and ``foreach`` is not set
+            (the group's other tensors, e.g. a channels_last weight, take the torch path in the
+            same step), True requires them for all, False never uses them. A norm pass and an update pass (20 bytes
             per float32 element, like SGD with momentum); for tensors or groups of tensors that fit
             in cache, the update pass reads W and g from cache (12 bytes from memory). They agree
             with the torch path to float32 rounding (bit for bit but for the norms' last bits).
-        cache_weight_norm: native path only, off by default. The update pass also takes ‖W‖ of the
-            new weights, and the next step uses it instead of reading W again for its norm
+        cache_weight_norm: native path only (tensors of a device and dtype that all take it), off
+            by default. The update pass also takes ‖W‖ of the new weights, and the next step
+            uses it instead of reading W again for its norm
             (Fromage then moves 16 bytes per element, below SGD-momentum's 20). The cached norms
             are used only while the weights' storage and version counters are those the step
             left — any in-place op on W or a view of it, a model's ``load_state_dict``,
@@ -144,7 +146,7 @@ def fromage_update(
 
     Reads p and u for the norms, then updates p in place: p += (∓η·r)·u, p *= 1/√(1+η²). No host
     synchronisation and no full-size temporaries. `fused`: as in `Fromage` (None: native kernels
-    where they apply). On the native path, `weight_norm` may give the norms of the (local) `params`
+    for the tensors they take, the torch path for the others). On the native path (all tensors), `weight_norm` may give the norms of the (local) `params`
     as returned by the previous call with `return_weight_norm=True` — the caller vouches that the
     weights have not changed since — and that call returns the norms of the updated weights, taken
     in the update pass; otherwise (and on the torch path) it returns None.
@@ -154,10 +156,16 @@ def fromage_update(
         raise ValueError("fromage_update: momentum > 0 needs momentum_buffers")
     if p_bound is not None and initial_norms is None:
         raise ValueError("fromage_update: p_bound needs initial_norms")
-    if _native.use(fused, params, grads, momentum_buffers if momentum > 0 else None):
-        return _fromage_native(params, grads, momentum_buffers, initial_norms, lr=lr, momentum=momentum,
-                               p_bound=p_bound, trust_ratio=trust_ratio, maximize=maximize, like=like,
-                               weight_norm=weight_norm, return_weight_norm=return_weight_norm)
+    native = _native.route(fused, params, grads, momentum_buffers if momentum > 0 else None)
+    if native is not None:
+        rule = dict(lr=lr, momentum=momentum, p_bound=p_bound, trust_ratio=trust_ratio, maximize=maximize)
+        if len(native) == len(params):
+            return _fromage_native(params, grads, momentum_buffers, initial_norms, like=like, weight_norm=weight_norm,
+                                   return_weight_norm=return_weight_norm, **rule)
+        # the tensors the kernels take run there, the others on the torch path below (no weight-norm cache)
+        (*mine, mine_like), (params, grads, momentum_buffers, initial_norms, like) = _native.partition(
+            native, params, grads, momentum_buffers, initial_norms, like)
+        _fromage_native(*mine, like=mine_like, **rule)
     if momentum > 0:
         ops.lerp_(momentum_buffers, grads, 1.0 - momentum, foreach)  # m ← β·m + (1−β)·g
         direction = momentum_buffers

@@ -183,11 +183,19 @@ def lamb_update(
     like: list[torch.Tensor] | None = None,
     fused: bool | None = None,
 ) -> None:
-    """Functional LAMB step over same-device, same-dtype tensors (see `LAMB` for the rule)."""
+    """Functional LAMB step over same-device, same-dtype tensors (see `LAMB` for the rule). `fused`:
+    as in `LAMB` (None: native kernels for the tensors they take, the torch path for the others)."""
     like = like if like is not None else params
-    if _native.use(fused, params, grads, exp_avgs, exp_avg_sqs):
-        return _lamb_native(params, grads, exp_avgs, exp_avg_sqs, steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                            weight_decay=weight_decay, trust_ratio=trust_ratio, maximize=maximize, like=like)
+    native = _native.route(fused, params, grads, exp_avgs, exp_avg_sqs)
+    if native is not None:
+        rule = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, trust_ratio=trust_ratio,
+                    maximize=maximize)
+        if len(native) == len(params):
+            return _lamb_native(params, grads, exp_avgs, exp_avg_sqs, steps, like=like, **rule)
+        # the tensors the kernels take run there, the others on the torch path below
+        (*mine, mine_like), (params, grads, exp_avgs, exp_avg_sqs, steps, like) = _native.partition(
+            native, params, grads, exp_avgs, exp_avg_sqs, steps, like)
+        _lamb_native(*mine, like=mine_like, **rule)
     if foreach:
         torch._foreach_add_(steps, 1.0)
         torch._foreach_mul_(exp_avg_sqs, beta2)

@@ -39,8 +39,9 @@ class LARS(LayerwiseOptimizer):
             True required, False never (see `reltrust.optim.Fromage`). They read W and g once for
             the norms and update v and W in one more pass (28 bytes per float32 element, like Adam;
             W and g from cache where they fit: 20).
-        cache_weight_norm: native path only, off by default. The update pass also takes ‖W‖ of the
-            new weights, and the next step uses it instead of reading W again for its norm
+        cache_weight_norm: native path only (tensors of a device and dtype that all take it), off
+            by default. The update pass also takes ‖W‖ of the new weights, and the next step
+            uses it instead of reading W again for its norm
             (24 bytes per element instead of 28). The cached norms are used only while the weights' storage and
             version counters are those the step left — any in-place op on W or a view of it, a
             model's ``load_state_dict``, ``p.data = …`` drop them — but writes that bypass the
@@ -133,16 +134,23 @@ def lars_update(
 ) -> torch.Tensor | None:
     """Functional LARS step over same-device, same-dtype tensors (see `LARS` for the rule).
 
-    `weight_norm`, `return_weight_norm`: as in `fromage_update` (native path only; else None)."""
+    `fused`, `weight_norm`, `return_weight_norm`: as in `fromage_update` (the last two on the native
+    path for all tensors only; else None)."""
     like = like if like is not None else params
     if momentum != 0 and momentum_buffers is None:
         raise ValueError("lars_update: momentum > 0 needs momentum_buffers")
     bufs = momentum_buffers if momentum != 0 else None
-    if _native.use(fused, params, grads, bufs):
-        return _lars_native(params, grads, bufs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                            trust_coefficient=trust_coefficient, eps=eps, nesterov=nesterov, trust_ratio=trust_ratio,
-                            maximize=maximize, like=like, weight_norm=weight_norm,
-                            return_weight_norm=return_weight_norm)
+    native = _native.route(fused, params, grads, bufs)
+    if native is not None:
+        rule = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps,
+                    nesterov=nesterov, trust_ratio=trust_ratio, maximize=maximize)
+        if len(native) == len(params):
+            return _lars_native(params, grads, bufs, like=like, weight_norm=weight_norm,
+                                return_weight_norm=return_weight_norm, **rule)
+        # the tensors the kernels take run there, the others on the torch path below (no weight-norm cache)
+        (*mine, mine_like), (params, grads, momentum_buffers, like) = _native.partition(
+            native, params, grads, bufs, like)
+        _lars_native(*mine, like=mine_like, weight_norm=None, return_weight_norm=False, **rule)
     if trust_ratio:
         weight_norm = tr.norms(params, like=like, foreach=foreach)
         grad_norm = tr.norms(grads, like=like, foreach=foreach)
