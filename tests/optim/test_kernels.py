@@ -350,6 +350,54 @@ def test_disabled_by_environment_variable_and_optimisers_still_work():
     assert out.stdout.startswith("False unavailable: disabled")
 
 
+def test_a_damaged_cached_library_is_deleted_and_rebuilt(tmp_path):
+    """A truncated library (loading one can kill the process with SIGBUS) or one that fails to load
+    used to be kept: every later process took the slow torch path. It is deleted and built again,
+    once, and describe() says why; the next load takes the new one as it is. A fresh process loads
+    from each damaged cache in turn (module state reset between them) and takes a step."""
+    import glob
+    import hashlib
+
+    name = os.path.basename(_native._lib._name)  # reltrust_kernels_<key>_<digest>.so, same key there
+    with open(_native._lib._name, "rb") as f:
+        library = f.read()
+    garbage = b"not a shared object"  # bytes that match their digest, yet the load fails
+    damaged = {
+        "truncated": (name, library[: len(library) // 2],
+                      "its bytes do not match the digest in its name (truncated or corrupted)"),
+        "no library": (name.rsplit("_", 1)[0] + f"_{hashlib.sha256(garbage).hexdigest()[:16]}.so", garbage,
+                       "OSError"),
+    }
+    for case, (file, data, _) in damaged.items():
+        (tmp_path / case / "reltrust_kernels").mkdir(parents=True)
+        (tmp_path / case / "reltrust_kernels" / file).write_bytes(data)
+    code = (
+        "import os, sys, torch; from reltrust import LAMB; from reltrust.optim import _native\n"
+        "for root in sys.argv[1:]:\n"
+        "    os.environ['TORCH_EXTENSIONS_DIR'] = root\n"
+        "    for _ in range(2):\n"
+        "        _native._tried, _native._lib = False, None\n"
+        "        p = torch.nn.Parameter(torch.randn(3)); p.grad = torch.randn(3); LAMB([p], fused=True).step()\n"
+        "        print(_native.describe())\n"
+    )
+    import reltrust
+
+    src = os.path.dirname(os.path.dirname(reltrust.__file__))
+    env = dict(os.environ, RELTRUST_NATIVE="1", PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    roots = [str(tmp_path / case) for case in damaged]
+    out = subprocess.run([sys.executable, "-c", code, *roots], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    for k, (case, (file, _, why)) in enumerate(damaged.items()):
+        first, again = lines[2 * k], lines[2 * k + 1]
+        cache = tmp_path / case / "reltrust_kernels"
+        assert f"(rebuilt: cached library failed to load: {why}" in first, case
+        assert not (cache / file).exists()
+        libraries = glob.glob(str(cache / "*.so"))
+        assert len(libraries) == 1 and first.startswith(f"available: loaded {libraries[0]} "), case
+        assert again.startswith(f"available: loaded {libraries[0]}") and "rebuilt" not in again, case
+
+
 def test_no_compiler_means_torch_path_or_a_clear_error(monkeypatch):
     """Where nothing can be compiled the default path still works; fused=True and RELTRUST_NATIVE=1 say why."""
     monkeypatch.setattr(_native, "_lib", None)
