@@ -111,9 +111,12 @@ def fused_choice(group: dict[str, Any]) -> bool | None:
 def check_float(name: str, value: Any, low: float, high: float | None = None, *, low_open=False, high_open=True) -> None:
     """Raise ValueError naming `name` unless `value` is a finite real number (int, float, a NumPy
     scalar: any `numbers.Real` but bool) with low ≤ value ≤ high (brackets per the *_open flags)."""
-    if isinstance(value, torch.Tensor):
-        raise ValueError(f"{name} must be a real number (float, int or NumPy scalar), not a Tensor")
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = type(value) is float  # the common case first: it runs on every group at every step
+    if not ok:
+        if isinstance(value, torch.Tensor):
+            raise ValueError(f"{name} must be a real number (float, int or NumPy scalar), not a Tensor")
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)
     if ok:
         ok = (value > low) if low_open else (value >= low)
         if ok and high is not None:
