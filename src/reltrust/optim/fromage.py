@@ -53,9 +53,9 @@ class Fromage(LayerwiseOptimizer):
         fused: the native CPU kernels (`reltrust.optim._native`): None (default) uses them for the
             contiguous CPU float32/16-bit tensors when they are built and ``foreach`` is not set
             (the group's other tensors, e.g. a channels_last weight, take the torch path in the
-            same step), True requires them for all, False never uses them. A norm pass and an update pass (20 bytes
-            per float32 element, like SGD with momentum); for tensors or groups of tensors that fit
-            in cache, the update pass reads W and g from cache (12 bytes from memory). They agree
+            same step), True requires them for all, False never uses them. A norm pass and an
+            update pass (20 bytes per float32 element, like SGD with momentum); for tensors or
+            groups of tensors that fit in cache, the update pass reads W and g from cache (12 bytes from memory). They agree
             with the torch path to float32 rounding (bit for bit but for the norms' last bits).
         cache_weight_norm: native path only (tensors of a device and dtype that all take it), off
             by default. The update pass also takes ‖W‖ of the new weights, and the next step
@@ -146,10 +146,11 @@ def fromage_update(
 
     Reads p and u for the norms, then updates p in place: p += (∓η·r)·u, p *= 1/√(1+η²). No host
     synchronisation and no full-size temporaries. `fused`: as in `Fromage` (None: native kernels
-    for the tensors they take, the torch path for the others). On the native path (all tensors), `weight_norm` may give the norms of the (local) `params`
-    as returned by the previous call with `return_weight_norm=True` — the caller vouches that the
-    weights have not changed since — and that call returns the norms of the updated weights, taken
-    in the update pass; otherwise (and on the torch path) it returns None.
+    for the tensors they take, the torch path for the others). When all tensors take the native
+    path, `weight_norm` may give the norms of the (local) `params` as returned by the previous call
+    with `return_weight_norm=True` — the caller vouches that the weights have not changed since —
+    and that call returns the norms of the updated weights, taken in the update pass; otherwise it
+    returns None.
     """
     like = like if like is not None else params
     if momentum > 0 and momentum_buffers is None:

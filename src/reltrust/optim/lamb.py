@@ -38,8 +38,8 @@ class LAMB(LayerwiseOptimizer):
     Weight decay is inside u, before the ratio. A param group with ``trust_ratio=False`` uses r = 1
     (AdamW-like with coupled-into-u decay) — the usual treatment of biases and norm layers, whose
     group also has λ = 0 (see `reltrust.optim.param_groups`). A NaN or inf in W or g makes the
-    tensor's whole step NaN, so that divergence is seen, as in `Fromage`. ``p.grad`` is never modified. Gradient
-    clipping, if wanted, is a separate step before ``step()`` (``torch.nn.utils.clip_grad_norm_``).
+    tensor's whole step NaN, so that divergence is seen, as in `Fromage`. ``p.grad`` is never
+    modified. Gradient clipping, if wanted, is a separate step before ``step()`` (``torch.nn.utils.clip_grad_norm_``).
 
     Args:
         lr: η ≥ 0.   betas: (β₁, β₂), each in [0, 1).   eps: ε ≥ 0.   weight_decay: λ ≥ 0.

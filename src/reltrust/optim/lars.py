@@ -17,7 +17,8 @@ class LARS(LayerwiseOptimizer):
 
     For each parameter tensor W with gradient g (‖·‖: Frobenius norm of the whole tensor)::
 
-        r ← κ‖W‖ / (‖g‖ + λ‖W‖ + ε),  and r = 1 if ‖W‖ = 0 or ‖g‖ = 0,  r = NaN if either is NaN or inf
+        r ← κ‖W‖ / (‖g‖ + λ‖W‖ + ε),  and r = 1 if ‖W‖ = 0 or ‖g‖ = 0,
+                                         r = NaN if ‖W‖ or ‖g‖ is NaN or inf
         v ← μ·v + η·r·(g + λW)                       (v starts at 0)
         W ← W − v                                     (nesterov=False)
         W ← W − η·r·(g + λW) − μ·v                    (nesterov=True, with the new v)
