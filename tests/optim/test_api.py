@@ -250,3 +250,208 @@ def test_state_dict_holds_initial_norms_and_round_trips_through_bytes():
     buf.seek(0)
     loaded = torch.load(buf, weights_only=True)
     assert torch.equal(loaded["state"][0]["momentum_buffer"], sd["state"][0]["momentum_buffer"])
+
+
+BASE = {Fromage: dict(lr=0.01), LARS: dict(lr=1.0), LAMB: dict(lr=0.01)}
+BAD_GROUP_SETTINGS = [
+    (Fromage, dict(lr=float("inf"))),
+    (Fromage, dict(lr=-0.1)),
+    (Fromage, dict(lr="0.1")),
+    (Fromage, dict(momentum=1.5)),
+    (Fromage, dict(p_bound=-1.0)),  # would flip the sign of W
+    (Fromage, dict(p_bound=float("inf"))),
+    (Fromage, dict(maximize="no")),
+    (Fromage, dict(foreach="yes")),
+    (Fromage, dict(fused="yes")),
+    (Fromage, dict(fused=True, foreach=True)),
+    (Fromage, dict(cache_weight_norm=1)),
+    (LARS, dict(momentum=1.5)),
+    (LARS, dict(momentum=float("nan"))),
+    (LARS, dict(trust_coefficient=-0.02)),  # gradient ascent
+    (LARS, dict(weight_decay=-1.0)),
+    (LARS, dict(eps=float("nan"))),
+    (LARS, dict(eps=-1.0)),
+    (LARS, dict(lr=float("inf"))),
+    (LARS, dict(momentum=0.0, nesterov=True)),
+    (LARS, dict(nesterov="yes")),
+    (LARS, dict(foreach="yes")),
+    (LAMB, dict(betas=(1.5, 0.9))),
+    (LAMB, dict(betas=(0.9, float("nan")))),
+    (LAMB, dict(betas=0.9)),
+    (LAMB, dict(eps=float("nan"))),
+    (LAMB, dict(eps=-1.0)),
+    (LAMB, dict(weight_decay=-1.0)),
+    (LAMB, dict(lr=float("inf"))),
+    (LAMB, dict(foreach="yes")),
+]
+
+
+def _message(fn):
+    with pytest.raises(ValueError) as info:
+        fn()
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    "cls,bad", BAD_GROUP_SETTINGS, ids=[f"{c.__name__}-{b}" for c, b in BAD_GROUP_SETTINGS]
+)
+def test_every_group_is_validated_at_construction_add_param_group_and_step(cls, bad):
+    """The constructor's message, word for word, for the same value given in a param group, in a
+    group added later, or set in param_groups before a step — and that step changes nothing."""
+    p, q = nn.Parameter(torch.randn(4, 4)), nn.Parameter(torch.randn(3))
+    expected = _message(lambda: cls([p], **{**BASE[cls], **bad}))
+    assert _message(lambda: cls([{"params": [p], **bad}], **BASE[cls])) == expected
+    opt = cls([p], **BASE[cls])
+    assert _message(lambda: opt.add_param_group({"params": [q], **bad})) == expected
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [q]})
+    opt.param_groups[1].update(bad)  # the second group: the first must not be updated either
+    p.grad, q.grad = torch.randn(4, 4), torch.randn(3)
+    before = [p.detach().clone(), q.detach().clone()]
+    assert _message(opt.step) == expected
+    assert torch.equal(p.detach(), before[0]) and torch.equal(q.detach(), before[1])
+
+
+def test_trust_ratio_group_flag_is_validated():
+    p = nn.Parameter(torch.randn(3))
+    for cls in (Fromage, LARS, LAMB):
+        with pytest.raises(ValueError, match=r"Invalid trust_ratio: 0; expected True or False"):
+            cls([{"params": [p], "trust_ratio": 0}], **BASE[cls])
+
+
+np = pytest.importorskip("numpy")
+
+
+@pytest.mark.parametrize(
+    "cls,scalars",
+    [
+        (Fromage, dict(lr=np.float32(0.05), momentum=np.float64(0.5), p_bound=np.float32(2.0))),
+        (LARS, dict(lr=np.float32(2.0), momentum=np.float32(0.9), weight_decay=np.float32(1e-3),
+                    trust_coefficient=np.float64(0.02), eps=np.int64(0))),
+        (LAMB, dict(lr=np.float32(0.01), betas=(np.float32(0.9), np.float64(0.99)), eps=np.float32(1e-6),
+                    weight_decay=np.float32(0.01))),
+    ],
+    ids=["fromage", "lars", "lamb"],
+)
+@pytest.mark.parametrize("path", [dict(), dict(foreach=True), dict(foreach=False)], ids=["default", "foreach", "loop"])
+def test_numpy_scalars_are_accepted_and_step_as_python_floats(cls, scalars, path):
+    """Any real number type (numpy's included) — at construction, in a group, set later — gives the
+    steps of the same values as Python floats."""
+    def as_float(v):
+        return tuple(map(float, v)) if isinstance(v, tuple) else float(v)
+
+    floats = {k: as_float(v) for k, v in scalars.items()}
+    ws = [torch.randn(6, 5), torch.randn(5)]
+    gs = [[torch.randn_like(w) for w in ws] for _ in range(3)]
+    results = []
+    for how in ("float", "ctor", "group", "later"):
+        ps = [nn.Parameter(w.clone()) for w in ws]
+        if how == "float":
+            opt = cls(ps, **floats, **path)
+        elif how == "ctor":
+            opt = cls(ps, **scalars, **path)
+        elif how == "group":
+            opt = cls([{"params": ps, **scalars}], **floats, **path)
+        else:
+            opt = cls(ps, **floats, **path)
+            opt.param_groups[0].update(scalars)
+        for step in gs:
+            for p, g in zip(ps, step):
+                p.grad = g.clone()
+            opt.step()
+        results.append([p.detach() for p in ps])
+    for got in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(got, results[0]))
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_a_parameter_listed_twice_is_refused(name):
+    """The same Parameter twice made the native, foreach and per-tensor paths disagree (by up to
+    0.07): refused in one group (torch only warns), across groups and by add_param_group."""
+    import warnings
+
+    p, q = nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # refused before torch's duplicate warning
+        with pytest.raises(ValueError, match=r"parameter 2 of param group 0 \(shape \(4, 3\)\) is already listed "
+                                             r"earlier in the same group \(as parameter 0\)"):
+            FACTORIES[name]([p, q, p])
+    with pytest.raises(ValueError, match=r"parameter 1 of param group 1 \(shape \(4, 3\)\) is already listed in "
+                                         r"param group 0 \(as parameter 0\)"):
+        FACTORIES[name]([{"params": [p]}, {"params": [q, p]}])
+    opt = FACTORIES[name]([p])
+    with pytest.raises(ValueError, match="already listed in param group 0"):
+        opt.add_param_group({"params": p})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": iter([q])})  # an iterator is read once, and still works
+    assert opt.param_groups[1]["params"] == [q]
+
+
+OTHERS = {
+    **FACTORIES,
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+    "adam": lambda p: torch.optim.Adam(p, lr=0.01),
+}
+
+
+def trained(factory, steps=2):
+    m = model()
+    opt = factory(m.parameters())
+    train(m, opt, batches(steps))
+    return m, opt
+
+
+@pytest.mark.parametrize("name,source", [(n, s) for n in FACTORIES for s in OTHERS if s != n])
+def test_another_optimisers_state_is_refused_and_changes_nothing(name, source):
+    _, other = trained(OTHERS[source])
+    m, opt = trained(FACTORIES[name])
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=rf"{type(opt).__name__}\.load_state_dict: param group 0 (has keys|missing)"):
+        opt.load_state_dict(other.state_dict())
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    for k, st in before["state"].items():
+        assert all(torch.equal(v, after["state"][k][key]) for key, v in st.items())
+
+
+def test_the_refusal_names_what_differs():
+    _, lars = trained(FACTORIES["lars"])
+    _, lamb = trained(FACTORIES["lamb"])
+    with pytest.raises(ValueError) as info:
+        lamb.load_state_dict(lars.state_dict())
+    assert str(info.value) == (
+        "LAMB.load_state_dict: param group 0 has keys ['cache_weight_norm', 'momentum', 'nesterov', "
+        "'trust_coefficient'] that LAMB does not use; missing ['betas'] (another optimiser's state?)"
+    )
+    sd = lamb.state_dict()
+    del sd["state"][1]["exp_avg"]
+    sd["state"][2]["momentum_buffer"] = sd["state"][2]["exp_avg"]
+    with pytest.raises(ValueError, match=r"state of parameter 1 missing \['exp_avg'\]"):
+        lamb.load_state_dict(sd)
+    del sd["state"][1]
+    with pytest.raises(ValueError, match=r"state of parameter 2 has keys \['momentum_buffer'\] that LAMB does not use"):
+        lamb.load_state_dict(sd)
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_an_older_state_without_switches_and_with_torch_keys_loads_and_resumes(name):
+    """Keys torch and its schedulers add, a user's own group keys, and a state saved before the
+    switches (foreach, maximize, fused, trust_ratio, cache_weight_norm) existed: all load, and
+    training resumes bit for bit."""
+    data = batches(6)
+    m1 = model()
+    o1 = FACTORIES[name]([{"params": list(m1.parameters()), "name": "all"}])
+    train(m1, o1, data[:3])
+    sd = copy.deepcopy(o1.state_dict())
+    for g in sd["param_groups"]:
+        for key in ("foreach", "maximize", "fused", "trust_ratio", "cache_weight_norm"):
+            g.pop(key, None)
+        g.update(differentiable=False, initial_lr=g["lr"])
+    m2 = copy.deepcopy(m1)
+    o2 = FACTORIES[name]([{"params": list(m2.parameters()), "name": "all"}])
+    o2.load_state_dict(sd)
+    assert o2.param_groups[0]["trust_ratio"] is True and o2.param_groups[0]["name"] == "all"
+    train(m1, o1, data[3:])
+    train(m2, o2, data[3:])
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(a, b)

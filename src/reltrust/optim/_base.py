@@ -10,12 +10,15 @@ float32 from the start.
 `ops` runs an elementwise op over a list either as one multi-tensor (`torch._foreach_*`) call or as a
 per-tensor loop. Both paths run the same arithmetic on the same operands, so they agree exactly.
 
-A third implementation, the native CPU kernels of `reltrust.optim._native`, is chosen per bucket by
-each update function from the group's `fused` setting (`fused_choice`): by default it runs wherever it
-applies (contiguous CPU tensors computed in float32) unless the group names `foreach` explicitly.
+A third implementation, the native CPU kernels of `reltrust.optim._native`, is chosen per tensor by
+each update function from the group's `fused` setting (`fused_choice`, `_native.route`): by default it
+runs wherever it applies (contiguous CPU tensors computed in float32), the bucket's other tensors
+taking the torch path in the same step, unless the group names `foreach` explicitly.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -106,10 +109,14 @@ def fused_choice(group: dict[str, Any]) -> bool | None:
 
 
 def check_float(name: str, value: Any, low: float, high: float | None = None, *, low_open=False, high_open=True) -> None:
-    """Raise ValueError naming `name` unless low ≤ value ≤ high (brackets per the *_open flags)."""
-    if isinstance(value, torch.Tensor):
-        raise ValueError(f"{name} must be a Python float, not a Tensor")
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    """Raise ValueError naming `name` unless `value` is a finite real number (int, float, a NumPy
+    scalar: any `numbers.Real` but bool) with low ≤ value ≤ high (brackets per the *_open flags)."""
+    ok = type(value) is float  # the common case first: it runs on every group at every step
+    if not ok:
+        if isinstance(value, torch.Tensor):
+            raise ValueError(f"{name} must be a real number (float, int or NumPy scalar), not a Tensor")
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)
     if ok:
         ok = (value > low) if low_open else (value >= low)
         if ok and high is not None:
@@ -120,24 +127,94 @@ def check_float(name: str, value: Any, low: float, high: float | None = None, *,
         raise ValueError(f"Invalid {name}: {value!r}; allowed range {lo}{low}, {'inf' if high is None else high}{hi}")
 
 
+def check_flag(name: str, value: Any, *, none: bool = False) -> None:
+    """Raise ValueError naming `name` unless `value` is True or False (or None, where `none`)."""
+    if value is True or value is False or (none and value is None):
+        return
+    raise ValueError(f"Invalid {name}: {value!r}; expected {'None, True or False' if none else 'True or False'}")
+
+
+#: Param-group keys a saved state may hold that this optimiser's groups need not have: torch's
+#: bookkeeping and what torch's LR schedulers add to groups.
+TORCH_GROUP_KEYS = frozenset({
+    "foreach", "maximize", "differentiable", "capturable", "fused", "param_names",
+    "initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum", "swa_lr",
+})
+#: Switches a state saved before they existed may lack; the defaults fill them in (`__setstate__`).
+SWITCHES = frozenset({"foreach", "maximize", "fused", "trust_ratio", "cache_weight_norm"})
+
+
 class LayerwiseOptimizer(torch.optim.Optimizer):
-    """Base class: subclasses define `_init_state(group, p, state)` and `_update(group, bucket, foreach)`."""
+    """Base class: subclasses define `_check_hyperparameters(group)`, `_init_state(group, p, state)`,
+    `_update(group, bucket, foreach)` and `STATE_KEYS`, the sets of per-parameter state entries
+    `_init_state` creates together.
+
+    Hyperparameters are validated by one function per optimiser (`_check_group`) wherever a step
+    could meet them: the defaults and every group at construction, a group given to
+    `add_param_group`, and every group at the start of each `step` (values set later in
+    `param_groups`, e.g. by hand; Python scalars only, no tensor is read), with the same messages.
+    """
+
+    STATE_KEYS: tuple[frozenset[str], ...] = ()
 
     def __init__(self, params, defaults: dict[str, Any]) -> None:
         defaults.setdefault("trust_ratio", True)
         defaults.setdefault("fused", None)
-        if defaults["fused"] is not None and not isinstance(defaults["fused"], bool):
-            raise ValueError(f"Invalid fused: {defaults['fused']!r}; expected None, True or False")
-        if defaults["fused"] and defaults.get("foreach"):
-            raise ValueError("fused=True and foreach=True cannot both be set; pick one implementation")
+        self._check_group(defaults)
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.is_complex():
-                    raise ValueError(
-                        f"{type(self).__name__} does not support complex parameters (its trust ratio is "
-                        "defined for real tensors); pass torch.view_as_real(p) views instead"
-                    )
+
+    @staticmethod
+    def _check_hyperparameters(group: dict[str, Any]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """ValueError naming the first invalid setting of a param group (or of the defaults): the
+        optimiser's own hyperparameters, then the switches all three have."""
+        self._check_hyperparameters(group)
+        check_flag("maximize", group["maximize"])
+        check_flag("trust_ratio", group["trust_ratio"])
+        check_flag("cache_weight_norm", group.get("cache_weight_norm", False))
+        check_flag("foreach", group["foreach"], none=True)
+        check_flag("fused", group["fused"], none=True)
+        if group["fused"] and group["foreach"]:
+            raise ValueError("fused=True and foreach=True cannot both be set; pick one implementation")
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As torch's (which also runs it for every group at construction), but refuses what a step
+        would get wrong: invalid hyperparameters (`_check_group`), complex parameters, and a
+        parameter listed twice — in the group (torch only warns; the native, foreach and per-tensor
+        paths would each update it differently) or already in another group."""
+        if isinstance(param_group, dict) and "params" in param_group:
+            params = param_group["params"]
+            if not isinstance(params, (torch.Tensor, set)):
+                param_group["params"] = params = list(params)  # an iterator is read once; torch lists it too
+                self._check_params([p[1] if isinstance(p, tuple) else p for p in params])
+            elif isinstance(params, torch.Tensor):
+                self._check_params([params])
+            self._check_group({**self.defaults, **param_group})
+        super().add_param_group(param_group)
+
+    def _check_params(self, params: list[Any]) -> None:
+        """ValueError for a complex parameter or one already listed, in the group being added
+        (number len(self.param_groups)) or in an earlier one."""
+        name, new = type(self).__name__, len(self.param_groups)
+        listed = {id(p): (k, i) for k, group in enumerate(self.param_groups) for i, p in enumerate(group["params"])}
+        for i, p in enumerate(params):
+            if not isinstance(p, torch.Tensor):
+                continue  # torch's add_param_group refuses it
+            if p.is_complex():
+                raise ValueError(
+                    f"{name} does not support complex parameters (its trust ratio is defined for real "
+                    "tensors); pass torch.view_as_real(p) views instead"
+                )
+            k, j = listed.setdefault(id(p), (new, i))
+            if (k, j) == (new, i):
+                continue
+            where = "earlier in the same group" if k == new else f"in param group {k}"
+            raise ValueError(
+                f"{name}: parameter {i} of param group {new} (shape {tuple(p.shape)}) is already listed "
+                f"{where} (as parameter {j}); list each parameter once, in one group"
+            )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -146,12 +223,14 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 group.setdefault(key, value)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As torch's, but state of 16-bit parameters stays float32 (torch casts it to the param dtype).
+        """As torch's, but refuses another optimiser's state (`_check_loaded`), and state of 16-bit
+        parameters stays float32 (torch casts it to the param dtype).
 
         Keys of ``state_dict["state"]`` may be indices or, from
         `torch.distributed.checkpoint.state_dict.set_state_dict`, parameter names; either way they
         follow the order of ``state_dict["param_groups"]``, which torch pairs with this optimiser's.
         """
+        self._check_loaded(state_dict)
         self.__dict__.pop("_weight_norm_cache", None)  # see _norm_cache_get
         saved = state_dict["state"]
         keys = [k for g in state_dict["param_groups"] for k in g["params"]]
@@ -165,6 +244,32 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             for name, value in saved[key].items():
                 if torch.is_tensor(value) and value.is_floating_point() and name in state:
                     state[name] = value.to(device=state[name].device, dtype=work)
+
+    def _check_loaded(self, state_dict: dict[str, Any]) -> None:
+        """ValueError naming what differs unless `state_dict` is this optimiser's kind of state
+        (torch's load would take any optimiser's and replace the hyperparameters with its own).
+
+        Each saved param group must hold this optimiser's hyperparameters (the `SWITCHES` may be
+        missing: older states lack some) and no other key but torch's (`TORCH_GROUP_KEYS`) and those
+        the group here has (a user's own keys); each parameter's state only this optimiser's
+        entries, each set in `STATE_KEYS` whole or not at all.
+        """
+        name = type(self).__name__
+
+        def differ(where: str, extra: set[str], missing: set[str]) -> None:
+            if extra or missing:
+                parts = [f"has keys {sorted(extra)} that {name} does not use"] if extra else []
+                parts += [f"missing {sorted(missing)}"] if missing else []
+                raise ValueError(f"{name}.load_state_dict: {where} {'; '.join(parts)} (another optimiser's state?)")
+
+        required = set(self.defaults) - SWITCHES
+        for i, (group, saved) in enumerate(zip(self.param_groups, state_dict["param_groups"])):
+            differ(f"param group {i}", set(saved) - set(group) - TORCH_GROUP_KEYS, required - set(saved))
+        known = set().union(*self.STATE_KEYS)
+        for key, saved in state_dict["state"].items():
+            present = set(saved)
+            differ(f"state of parameter {key!r}", present - known,
+                   set().union(*(keys - present for keys in self.STATE_KEYS if keys & present)))
 
     def _init_state(self, group: dict[str, Any], p: torch.Tensor, state: dict[str, Any]) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -180,7 +285,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 loss = closure()
         name = type(self).__name__
         for group in self.param_groups:
-            check_float("lr", group["lr"], 0.0)
+            self._check_group(group)  # all groups before any update
+        for group in self.param_groups:
             foreach = group.get("foreach")
             foreach = True if foreach is None else bool(foreach)
             buckets: dict[tuple, Bucket] = {}

@@ -20,9 +20,11 @@ all three give identical bits.
 
 They are compiled by the system C compiler (``$CC``, else ``cc``/``gcc``; about a second) into the
 torch extensions directory (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), named by
-a hash of the source, the flags, the compiler and the CPU, and loaded with ctypes. Anything that goes
-wrong — no compiler, a failed build, a platform other than Linux, torch not running on OpenMP — makes
-`available()` false and the optimisers use their pure-PyTorch path; the reason is in `describe()`.
+a hash of the source, the flags, the compiler and the CPU and by a digest of the library's bytes, and
+loaded with ctypes. A cached library that is damaged (its bytes do not match its digest) or fails to
+load is deleted and built again, once; `describe()` then says why ("rebuilt: ..."). Anything else that
+goes wrong — no compiler, a failed build, a platform other than Linux, torch not running on OpenMP —
+makes `available()` false and the optimisers use their pure-PyTorch path; the reason is in `describe()`.
 
 Environment: ``RELTRUST_NATIVE=0`` never builds or uses the kernels; ``RELTRUST_NATIVE=1`` raises if
 they cannot be built (for CI jobs that mean to test them).
@@ -34,6 +36,7 @@ in-place ops would. No wrapper reads a tensor value on the host beyond what the 
 from __future__ import annotations
 
 import ctypes
+import glob
 import hashlib
 import operator
 import os
@@ -98,22 +101,31 @@ def _build_dir() -> str:
     return os.path.join(root, "reltrust_kernels")
 
 
-def _build(cc: str) -> str:
-    """The cached library for this source, compiler and CPU, compiled if missing: with
-    -march=native (and on x86-64 256-bit vectors), else with the flags a compiler accepts, down to
-    the baseline target."""
+def _build(cc: str) -> tuple[str, bool, str | None]:
+    """(the library for this source, compiler and CPU; whether it was compiled now; why a cached
+    one was discarded, or None). Compiled if missing: with -march=native (and on x86-64 256-bit
+    vectors), else with the flags a compiler accepts, down to the baseline target.
+
+    The cached file is named reltrust_kernels_<key>_<digest>.so — <key> a hash of the source, the
+    flags, the compiler and the CPU, <digest> one of the file's own bytes — and written under a
+    temporary name, then renamed (atomic: concurrent builders each leave complete files). A file
+    whose bytes do not match its digest (truncated, corrupted: loading one can kill the process
+    with SIGBUS) is deleted and the library compiled again."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     directory = _build_dir()
     os.makedirs(directory, exist_ok=True)
-    errors = []
+    errors, discarded = [], None
     tries = [_FLAGS, [f for f in _FLAGS if f != "-march=native"]]
     if platform.machine().lower() in ("x86_64", "amd64"):
         tries.insert(0, _FLAGS + _X86_FLAGS)
     for flags in tries:
         key = hashlib.sha256("\0".join([SOURCE, " ".join(flags), version, _cpu_id()]).encode()).hexdigest()[:16]
-        target = os.path.join(directory, f"reltrust_kernels_{key}.so")
-        if os.path.exists(target):
-            return target
+        stem = os.path.join(directory, f"reltrust_kernels_{key}_")
+        for cached in sorted(glob.glob(glob.escape(stem) + "*.so")):
+            if _digest(cached) == cached[len(stem):-3]:
+                return cached, False, discarded
+            discarded = "its bytes do not match the digest in its name (truncated or corrupted)"
+            _remove(cached)
         fd, tmp_src = tempfile.mkstemp(suffix=".c", dir=directory)
         with os.fdopen(fd, "w") as f:
             f.write(SOURCE)
@@ -122,14 +134,35 @@ def _build(cc: str) -> str:
             proc = subprocess.run([cc, *flags, tmp_src, "-o", tmp_so, "-lm"], capture_output=True, text=True,
                                   timeout=120)
             if proc.returncode == 0:
-                os.replace(tmp_so, target)  # atomic: concurrent builders leave one complete file
-                return target
+                target = f"{stem}{_digest(tmp_so)}.so"
+                os.replace(tmp_so, target)
+                return target, True, discarded
             errors.append(proc.stderr.strip()[-1000:])
         finally:
             for path in (tmp_src, tmp_so):
-                if os.path.exists(path):
-                    os.remove(path)
+                _remove(path)
     raise RuntimeError(f"{cc} failed: {errors[-1]}")
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def _remove(path: str) -> None:
+    """Delete a file if it is there (another process may have deleted or renamed it)."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _open(path: str) -> ctypes.CDLL:
+    lib = ctypes.CDLL(path)
+    if lib.rt_abi_version() != _ABI:
+        raise RuntimeError("ABI mismatch")
+    _declare(lib)
+    return lib
 
 
 def _load() -> None:
@@ -149,15 +182,21 @@ def _load() -> None:
         _reason = "no C compiler found ($CC, cc, gcc, clang)"
         return
     try:
-        path = _build(cc)
-        lib = ctypes.CDLL(path)
-        if lib.rt_abi_version() != _ABI:
-            raise RuntimeError("ABI mismatch")
-        _declare(lib)
+        path, built, why = _build(cc)
+        try:
+            lib = _open(path)
+        except Exception as exc:
+            if built:
+                raise
+            why = f"{type(exc).__name__}: {exc}"  # a cached library that does not load is built again, once
+            _remove(path)
+            path, _, _ = _build(cc)
+            lib = _open(path)
     except Exception as exc:
         _reason = f"build or load failed: {type(exc).__name__}: {exc}"
         return
-    _lib, _reason = lib, f"loaded {path}{_openmp_note()}"
+    rebuilt = f" (rebuilt: cached library failed to load: {why})" if why else ""
+    _lib, _reason = lib, f"loaded {path}{rebuilt}{_openmp_note()}"
 
 
 def _openmp_note() -> str:
@@ -232,22 +271,40 @@ def supported(*tensor_lists: Sequence[torch.Tensor] | None) -> bool:
     return True
 
 
-def use(fused: bool | None, *tensor_lists: Sequence[torch.Tensor] | None) -> bool:
-    """Whether an update runs on the native kernels: `fused` None → where they apply, True → required
-    (RuntimeError naming the reason otherwise), False → never."""
+def route(fused: bool | None, *tensor_lists: Sequence[torch.Tensor] | None) -> Sequence[int] | None:
+    """The tensors of an update that run on the native kernels, as indices into the aligned lists
+    (``range(n)``: all; None: none). `fused` None → every tensor they take (`supported`, checked per
+    tensor only when not all are), the others taking the torch path in the same step, so that one
+    tensor the kernels cannot take (a channels_last weight, say) does not send the whole group there;
+    True → all of them (RuntimeError naming the reason otherwise); False → none."""
     if fused is False:
-        return False
-    ok = supported(*tensor_lists)
-    if fused and not ok:
+        return None
+    n = len(tensor_lists[0])
+    if supported(*tensor_lists):
+        chosen: Sequence[int] = range(n)
+    elif fused:
         raise RuntimeError(
             "fused=True needs contiguous CPU tensors computed in float32 (float32, bfloat16 or float16 "
             "parameters) with gradients and state of the parameters' sizes"
         )
-    if ok and not available():
+    else:
+        lists = [ts for ts in tensor_lists if ts is not None]
+        chosen = [i for i in range(n) if supported(*([ts[i]] for ts in lists))]
+    if not chosen:
+        return None
+    if not available():
         if fused:
             raise RuntimeError(f"fused=True but the native kernels are unavailable: {_reason}")
-        return False
-    return ok
+        return None
+    return chosen
+
+
+def partition(indices: Sequence[int], *lists: Sequence | None) -> tuple[list, list]:
+    """([each list's entries at `indices`], [each list's other entries]), None lists staying None."""
+    chosen = set(indices)
+    rest = [i for i in range(len(lists[0])) if i not in chosen]
+    return ([None if ts is None else [ts[i] for i in indices] for ts in lists],
+            [None if ts is None else [ts[i] for i in rest] for ts in lists])
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -21,8 +21,14 @@ class Fromage(LayerwiseOptimizer):
         u ← g                                    (momentum = 0)
         u ← m ← β·m + (1−β)·g                    (momentum = β > 0; m starts at 0)
         r ← ‖W‖/‖u‖,  and r = 1 if ‖W‖ = 0 or ‖u‖ = 0      (zero-initialised biases, zero gradients)
+                        and r = NaN if ‖W‖ or ‖u‖ is NaN or inf
         W ← (W − η·r·u) / √(1 + η²)
         if p_bound:  W ← W · min(1, p_bound·‖W₀‖/‖W‖)      (‖W₀‖: norm when W first got a gradient)
+
+    A NaN or inf in W or g thus makes the tensor's whole step NaN, on every path (native kernels,
+    foreach, per-tensor loop), so that divergence is seen, as torch's optimisers let a NaN through;
+    the other tensors step as usual. (A group with ``trust_ratio=False`` takes no norms: there a
+    NaN stays in the entries it reaches, as in SGD.)
 
     Away from the zero-norm branch the gradient part of the step has norm exactly η‖W‖ before the
     division, so with c = 1/√(1+η²) the new weights are W_new = c·W + ΔW with ‖ΔW‖/‖W‖ = η·c =
@@ -44,14 +50,16 @@ class Fromage(LayerwiseOptimizer):
         foreach: multi-tensor ``torch._foreach_*`` kernels (True) or a per-tensor loop (False); both
             give the same result.
         maximize: ascend instead of descend.
-        fused: the native CPU kernels (`reltrust.optim._native`): None (default) uses them for
-            contiguous CPU float32/16-bit tensors when they are built and ``foreach`` is not set,
-            True requires them, False never uses them. A norm pass and an update pass (20 bytes
-            per float32 element, like SGD with momentum); for tensors or groups of tensors that fit
-            in cache, the update pass reads W and g from cache (12 bytes from memory). They agree
+        fused: the native CPU kernels (`reltrust.optim._native`): None (default) uses them for the
+            contiguous CPU float32/16-bit tensors when they are built and ``foreach`` is not set
+            (the group's other tensors, e.g. a channels_last weight, take the torch path in the
+            same step), True requires them for all, False never uses them. A norm pass and an
+            update pass (20 bytes per float32 element, like SGD with momentum); for tensors or
+            groups of tensors that fit in cache, the update pass reads W and g from cache (12 bytes from memory). They agree
             with the torch path to float32 rounding (bit for bit but for the norms' last bits).
-        cache_weight_norm: native path only, off by default. The update pass also takes ‖W‖ of the
-            new weights, and the next step uses it instead of reading W again for its norm
+        cache_weight_norm: native path only (tensors of a device and dtype that all take it), off
+            by default. The update pass also takes ‖W‖ of the new weights, and the next step
+            uses it instead of reading W again for its norm
             (Fromage then moves 16 bytes per element, below SGD-momentum's 20). The cached norms
             are used only while the weights' storage and version counters are those the step
             left — any in-place op on W or a view of it, a model's ``load_state_dict``,
@@ -63,6 +71,8 @@ class Fromage(LayerwiseOptimizer):
     (FSDP2) parameters every norm is of the whole logical tensor: one all-reduce of the per-tensor
     squared norms per step (two with ``p_bound``).
     """
+
+    STATE_KEYS = (frozenset({"momentum_buffer"}), frozenset({"initial_norm"}))
 
     def __init__(
         self,
@@ -76,15 +86,18 @@ class Fromage(LayerwiseOptimizer):
         fused: bool | None = None,
         cache_weight_norm: bool = False,
     ) -> None:
-        check_float("lr", lr, 0.0)
-        if p_bound is not None:
-            check_float("p_bound", p_bound, 0.0, low_open=True)
-        check_float("momentum", momentum, 0.0, 1.0)
         defaults = dict(
             lr=lr, p_bound=p_bound, momentum=momentum, foreach=foreach, maximize=maximize, fused=fused,
             cache_weight_norm=cache_weight_norm,
         )
         super().__init__(params, defaults)
+
+    @staticmethod
+    def _check_hyperparameters(group: dict[str, Any]) -> None:
+        check_float("lr", group["lr"], 0.0)
+        if group["p_bound"] is not None:
+            check_float("p_bound", group["p_bound"], 0.0, low_open=True)
+        check_float("momentum", group["momentum"], 0.0, 1.0)
 
     def _init_state(self, group: dict[str, Any], p: torch.Tensor, state: dict[str, Any]) -> None:
         if group["momentum"] > 0 and "momentum_buffer" not in state:
@@ -93,14 +106,15 @@ class Fromage(LayerwiseOptimizer):
             state["initial_norm"] = scalar_state(p, math.nan)  # NaN: "not recorded yet"
 
     def _update(self, group: dict[str, Any], b: Bucket, foreach: bool) -> None:
+        p_bound = group["p_bound"]
         b.weight_norm_out = fromage_update(
             b.params,
             b.grads,
             b.state_list("momentum_buffer") if group["momentum"] > 0 else None,
-            b.state_list("initial_norm") if group["p_bound"] is not None else None,
-            lr=group["lr"],
-            momentum=group["momentum"],
-            p_bound=group["p_bound"],
+            b.state_list("initial_norm") if p_bound is not None else None,
+            lr=float(group["lr"]),  # any real number type (check_float) as a Python float
+            momentum=float(group["momentum"]),
+            p_bound=None if p_bound is None else float(p_bound),
             trust_ratio=group["trust_ratio"],
             maximize=group["maximize"],
             foreach=foreach,
@@ -132,20 +146,27 @@ def fromage_update(
 
     Reads p and u for the norms, then updates p in place: p += (∓η·r)·u, p *= 1/√(1+η²). No host
     synchronisation and no full-size temporaries. `fused`: as in `Fromage` (None: native kernels
-    where they apply). On the native path, `weight_norm` may give the norms of the (local) `params`
-    as returned by the previous call with `return_weight_norm=True` — the caller vouches that the
-    weights have not changed since — and that call returns the norms of the updated weights, taken
-    in the update pass; otherwise (and on the torch path) it returns None.
+    for the tensors they take, the torch path for the others). When all tensors take the native
+    path, `weight_norm` may give the norms of the (local) `params` as returned by the previous call
+    with `return_weight_norm=True` — the caller vouches that the weights have not changed since —
+    and that call returns the norms of the updated weights, taken in the update pass; otherwise it
+    returns None.
     """
     like = like if like is not None else params
     if momentum > 0 and momentum_buffers is None:
         raise ValueError("fromage_update: momentum > 0 needs momentum_buffers")
     if p_bound is not None and initial_norms is None:
         raise ValueError("fromage_update: p_bound needs initial_norms")
-    if _native.use(fused, params, grads, momentum_buffers if momentum > 0 else None):
-        return _fromage_native(params, grads, momentum_buffers, initial_norms, lr=lr, momentum=momentum,
-                               p_bound=p_bound, trust_ratio=trust_ratio, maximize=maximize, like=like,
-                               weight_norm=weight_norm, return_weight_norm=return_weight_norm)
+    native = _native.route(fused, params, grads, momentum_buffers if momentum > 0 else None)
+    if native is not None:
+        rule = dict(lr=lr, momentum=momentum, p_bound=p_bound, trust_ratio=trust_ratio, maximize=maximize)
+        if len(native) == len(params):
+            return _fromage_native(params, grads, momentum_buffers, initial_norms, like=like, weight_norm=weight_norm,
+                                   return_weight_norm=return_weight_norm, **rule)
+        # the tensors the kernels take run there, the others on the torch path below (no weight-norm cache)
+        (*mine, mine_like), (params, grads, momentum_buffers, initial_norms, like) = _native.partition(
+            native, params, grads, momentum_buffers, initial_norms, like)
+        _fromage_native(*mine, like=mine_like, **rule)
     if momentum > 0:
         ops.lerp_(momentum_buffers, grads, 1.0 - momentum, foreach)  # m ← β·m + (1−β)·g
         direction = momentum_buffers

@@ -32,13 +32,14 @@ class LAMB(LayerwiseOptimizer):
 
         m ← β₁·m + (1−β₁)·g            v ← β₂·v + (1−β₂)·g²
         u ← (m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ε) + λ·W
-        r ← ‖W‖/‖u‖,  and r = 1 if ‖W‖ = 0 or ‖u‖ = 0
+        r ← ‖W‖/‖u‖,  and r = 1 if ‖W‖ = 0 or ‖u‖ = 0,  r = NaN if either is NaN or inf
         W ← W − η·r·u
 
     Weight decay is inside u, before the ratio. A param group with ``trust_ratio=False`` uses r = 1
     (AdamW-like with coupled-into-u decay) — the usual treatment of biases and norm layers, whose
-    group also has λ = 0 (see `reltrust.optim.param_groups`). ``p.grad`` is never modified. Gradient
-    clipping, if wanted, is a separate step before ``step()`` (``torch.nn.utils.clip_grad_norm_``).
+    group also has λ = 0 (see `reltrust.optim.param_groups`). A NaN or inf in W or g makes the
+    tensor's whole step NaN, so that divergence is seen, as in `Fromage`. ``p.grad`` is never
+    modified. Gradient clipping, if wanted, is a separate step before ``step()`` (``torch.nn.utils.clip_grad_norm_``).
 
     Args:
         lr: η ≥ 0.   betas: (β₁, β₂), each in [0, 1).   eps: ε ≥ 0.   weight_decay: λ ≥ 0.
@@ -52,6 +53,8 @@ class LAMB(LayerwiseOptimizer):
     DTensor parameters: one all-reduce each for the squared norms of W and of u.
     """
 
+    STATE_KEYS = (frozenset({"step", "exp_avg", "exp_avg_sq"}),)
+
     def __init__(
         self,
         params,
@@ -64,18 +67,22 @@ class LAMB(LayerwiseOptimizer):
         maximize: bool = False,
         fused: bool | None = None,
     ) -> None:
-        check_float("lr", lr, 0.0)
+        defaults = dict(
+            lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps, weight_decay=weight_decay,
+            foreach=foreach, maximize=maximize, fused=fused,
+        )
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def _check_hyperparameters(group: dict[str, Any]) -> None:
+        check_float("lr", group["lr"], 0.0)
+        betas = group["betas"]
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise ValueError(f"Invalid betas: {betas!r}; expected a pair (beta1, beta2)")
         check_float("betas[0]", betas[0], 0.0, 1.0)
         check_float("betas[1]", betas[1], 0.0, 1.0)
-        check_float("eps", eps, 0.0)
-        check_float("weight_decay", weight_decay, 0.0)
-        defaults = dict(
-            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach, maximize=maximize,
-            fused=fused,
-        )
-        super().__init__(params, defaults)
+        check_float("eps", group["eps"], 0.0)
+        check_float("weight_decay", group["weight_decay"], 0.0)
 
     def _init_state(self, group: dict[str, Any], p: torch.Tensor, state: dict[str, Any]) -> None:
         if "step" not in state:
@@ -84,18 +91,18 @@ class LAMB(LayerwiseOptimizer):
             state["exp_avg_sq"] = state_zeros(p)
 
     def _update(self, group: dict[str, Any], b: Bucket, foreach: bool) -> None:
-        beta1, beta2 = group["betas"]
+        beta1, beta2 = map(float, group["betas"])  # any real number type (check_float) as Python floats
         lamb_update(
             b.params,
             b.grads,
             b.state_list("exp_avg"),
             b.state_list("exp_avg_sq"),
             [s["step"] for s in b.states],
-            lr=group["lr"],
+            lr=float(group["lr"]),
             beta1=beta1,
             beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
+            eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]),
             trust_ratio=group["trust_ratio"],
             maximize=group["maximize"],
             foreach=foreach,
@@ -176,11 +183,19 @@ def lamb_update(
     like: list[torch.Tensor] | None = None,
     fused: bool | None = None,
 ) -> None:
-    """Functional LAMB step over same-device, same-dtype tensors (see `LAMB` for the rule)."""
+    """Functional LAMB step over same-device, same-dtype tensors (see `LAMB` for the rule). `fused`:
+    as in `LAMB` (None: native kernels for the tensors they take, the torch path for the others)."""
     like = like if like is not None else params
-    if _native.use(fused, params, grads, exp_avgs, exp_avg_sqs):
-        return _lamb_native(params, grads, exp_avgs, exp_avg_sqs, steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                            weight_decay=weight_decay, trust_ratio=trust_ratio, maximize=maximize, like=like)
+    native = _native.route(fused, params, grads, exp_avgs, exp_avg_sqs)
+    if native is not None:
+        rule = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, trust_ratio=trust_ratio,
+                    maximize=maximize)
+        if len(native) == len(params):
+            return _lamb_native(params, grads, exp_avgs, exp_avg_sqs, steps, like=like, **rule)
+        # the tensors the kernels take run there, the others on the torch path below
+        (*mine, mine_like), (params, grads, exp_avgs, exp_avg_sqs, steps, like) = _native.partition(
+            native, params, grads, exp_avgs, exp_avg_sqs, steps, like)
+        _lamb_native(*mine, like=mine_like, **rule)
     if foreach:
         torch._foreach_add_(steps, 1.0)
         torch._foreach_mul_(exp_avg_sqs, beta2)

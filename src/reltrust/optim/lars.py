@@ -8,7 +8,7 @@ import torch
 from reltrust.optim import _native
 from reltrust.optim import trust_ratio as tr
 from reltrust.optim._base import (
-    Bucket, LayerwiseOptimizer, cache_blocks, check_float, fused_choice, ops, per_tensor, state_zeros,
+    Bucket, LayerwiseOptimizer, cache_blocks, check_flag, check_float, fused_choice, ops, per_tensor, state_zeros,
 )
 
 
@@ -17,14 +17,16 @@ class LARS(LayerwiseOptimizer):
 
     For each parameter tensor W with gradient g (‖·‖: Frobenius norm of the whole tensor)::
 
-        r ← κ‖W‖ / (‖g‖ + λ‖W‖ + ε),  and r = 1 if ‖W‖ = 0 or ‖g‖ = 0
+        r ← κ‖W‖ / (‖g‖ + λ‖W‖ + ε),  and r = 1 if ‖W‖ = 0 or ‖g‖ = 0,
+                                         r = NaN if ‖W‖ or ‖g‖ is NaN or inf
         v ← μ·v + η·r·(g + λW)                       (v starts at 0)
         W ← W − v                                     (nesterov=False)
         W ← W − η·r·(g + λW) − μ·v                    (nesterov=True, with the new v)
 
     With momentum = 0 there is no buffer and W ← W − η·r·(g + λW). A param group with
     ``trust_ratio=False`` uses r = 1: plain SGD with momentum and L2 weight decay (the usual treatment
-    of biases and norm layers, see `reltrust.optim.param_groups`).
+    of biases and norm layers, see `reltrust.optim.param_groups`). A NaN or inf in W or g makes the
+    tensor's whole step (and its buffer) NaN, so that divergence is seen, as in `Fromage`.
 
     Args:
         lr: η (≥ 0), the global learning rate; with κ = 0.001 typical values are 1–20 for large batches.
@@ -38,8 +40,9 @@ class LARS(LayerwiseOptimizer):
             True required, False never (see `reltrust.optim.Fromage`). They read W and g once for
             the norms and update v and W in one more pass (28 bytes per float32 element, like Adam;
             W and g from cache where they fit: 20).
-        cache_weight_norm: native path only, off by default. The update pass also takes ‖W‖ of the
-            new weights, and the next step uses it instead of reading W again for its norm
+        cache_weight_norm: native path only (tensors of a device and dtype that all take it), off
+            by default. The update pass also takes ‖W‖ of the new weights, and the next step
+            uses it instead of reading W again for its norm
             (24 bytes per element instead of 28). The cached norms are used only while the weights' storage and
             version counters are those the step left — any in-place op on W or a view of it, a
             model's ``load_state_dict``, ``p.data = …`` drop them — but writes that bypass the
@@ -50,6 +53,8 @@ class LARS(LayerwiseOptimizer):
     (μ·v, +η·r·g, +η·r·λ·W), run on cache-sized blocks on CPU. DTensor parameters: one all-reduce of
     the per-tensor squared norms of W and g.
     """
+
+    STATE_KEYS = (frozenset({"momentum_buffer"}),)
 
     def __init__(
         self,
@@ -66,19 +71,23 @@ class LARS(LayerwiseOptimizer):
         fused: bool | None = None,
         cache_weight_norm: bool = False,
     ) -> None:
-        check_float("lr", lr, 0.0)
-        check_float("momentum", momentum, 0.0, 1.0)
-        check_float("weight_decay", weight_decay, 0.0)
-        check_float("trust_coefficient", trust_coefficient, 0.0, low_open=True)
-        check_float("eps", eps, 0.0)
-        if nesterov and momentum <= 0:
-            raise ValueError("Invalid nesterov=True: Nesterov momentum requires momentum in (0, 1)")
         defaults = dict(
             lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
             eps=eps, nesterov=nesterov, foreach=foreach, maximize=maximize, fused=fused,
             cache_weight_norm=cache_weight_norm,
         )
         super().__init__(params, defaults)
+
+    @staticmethod
+    def _check_hyperparameters(group: dict[str, Any]) -> None:
+        check_float("lr", group["lr"], 0.0)
+        check_float("momentum", group["momentum"], 0.0, 1.0)
+        check_float("weight_decay", group["weight_decay"], 0.0)
+        check_float("trust_coefficient", group["trust_coefficient"], 0.0, low_open=True)
+        check_float("eps", group["eps"], 0.0)
+        check_flag("nesterov", group["nesterov"])
+        if group["nesterov"] and group["momentum"] <= 0:
+            raise ValueError("Invalid nesterov=True: Nesterov momentum requires momentum in (0, 1)")
 
     def _init_state(self, group: dict[str, Any], p: torch.Tensor, state: dict[str, Any]) -> None:
         if group["momentum"] > 0 and "momentum_buffer" not in state:
@@ -89,11 +98,11 @@ class LARS(LayerwiseOptimizer):
             b.params,
             b.grads,
             b.state_list("momentum_buffer") if group["momentum"] > 0 else None,
-            lr=group["lr"],
-            momentum=group["momentum"],
-            weight_decay=group["weight_decay"],
-            trust_coefficient=group["trust_coefficient"],
-            eps=group["eps"],
+            lr=float(group["lr"]),  # any real number type (check_float) as a Python float
+            momentum=float(group["momentum"]),
+            weight_decay=float(group["weight_decay"]),
+            trust_coefficient=float(group["trust_coefficient"]),
+            eps=float(group["eps"]),
             nesterov=group["nesterov"],
             trust_ratio=group["trust_ratio"],
             maximize=group["maximize"],
@@ -126,16 +135,23 @@ def lars_update(
 ) -> torch.Tensor | None:
     """Functional LARS step over same-device, same-dtype tensors (see `LARS` for the rule).
 
-    `weight_norm`, `return_weight_norm`: as in `fromage_update` (native path only; else None)."""
+    `fused`, `weight_norm`, `return_weight_norm`: as in `fromage_update` (the last two on the native
+    path for all tensors only; else None)."""
     like = like if like is not None else params
     if momentum != 0 and momentum_buffers is None:
         raise ValueError("lars_update: momentum > 0 needs momentum_buffers")
     bufs = momentum_buffers if momentum != 0 else None
-    if _native.use(fused, params, grads, bufs):
-        return _lars_native(params, grads, bufs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                            trust_coefficient=trust_coefficient, eps=eps, nesterov=nesterov, trust_ratio=trust_ratio,
-                            maximize=maximize, like=like, weight_norm=weight_norm,
-                            return_weight_norm=return_weight_norm)
+    native = _native.route(fused, params, grads, bufs)
+    if native is not None:
+        rule = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps,
+                    nesterov=nesterov, trust_ratio=trust_ratio, maximize=maximize)
+        if len(native) == len(params):
+            return _lars_native(params, grads, bufs, like=like, weight_norm=weight_norm,
+                                return_weight_norm=return_weight_norm, **rule)
+        # the tensors the kernels take run there, the others on the torch path below (no weight-norm cache)
+        (*mine, mine_like), (params, grads, momentum_buffers, like) = _native.partition(
+            native, params, grads, bufs, like)
+        _lars_native(*mine, like=mine_like, weight_norm=None, return_weight_norm=False, **rule)
     if trust_ratio:
         weight_norm = tr.norms(params, like=like, foreach=foreach)
         grad_norm = tr.norms(grads, like=like, foreach=foreach)

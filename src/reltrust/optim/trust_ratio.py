@@ -3,7 +3,12 @@
 For a list of tensors this module computes the Frobenius norm of every *whole logical* tensor in one
 multi-tensor call, and turns pairs of norms into ratios with the zero-norm rule:
 
-    ratio_i = κ·‖W_i‖ / (‖u_i‖ + λ·‖W_i‖ + ε),   and 1 where ‖W_i‖ = 0 or ‖u_i‖ = 0
+    ratio_i = κ·‖W_i‖ / (‖u_i‖ + λ·‖W_i‖ + ε),   1 where ‖W_i‖ = 0 or ‖u_i‖ = 0,
+              and NaN where either norm is not finite
+
+The zero-norm rule is for zero norms only: a NaN or inf anywhere in W_i or u_i makes the ratio NaN,
+so the whole tensor's step is NaN (as a NaN gradient makes torch's optimisers' steps NaN) and the
+training loop's divergence check sees it, instead of the other entries taking an unscaled step.
 
 Fromage: κ=1, λ=0, ε=0, u=g.  LAMB: κ=1, λ=0 (u already holds λW), u=Adam direction.  LARS: κ=trust
 coefficient, λ=weight decay, u=g.
@@ -18,6 +23,7 @@ The ratios come back as one vector (N,) on the tensors' device; `.unbind()` give
 """
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 
@@ -115,8 +121,9 @@ def trust_ratio(
     weight_decay: float = 0.0,
     eps: float = 0.0,
 ) -> torch.Tensor:
-    """κ‖W‖ / (‖u‖ + λ‖W‖ + ε) elementwise, and exactly 1 where ‖W‖ = 0 or ‖u‖ = 0."""
-    defined = (weight_norm > 0) & (update_norm > 0)
+    """κ‖W‖ / (‖u‖ + λ‖W‖ + ε) elementwise, exactly 1 where ‖W‖ = 0 or ‖u‖ = 0, and NaN where
+    ‖W‖ or ‖u‖ is NaN or inf (a non-finite norm must not become an unscaled step)."""
     denominator = update_norm + weight_decay * weight_norm + eps if (weight_decay or eps) else update_norm
     ratio = coefficient * weight_norm / denominator if coefficient != 1.0 else weight_norm / denominator
-    return torch.where(defined, ratio, torch.ones_like(ratio))
+    ratio = torch.where((weight_norm == 0) | (update_norm == 0), 1.0, ratio)
+    return torch.where(weight_norm.isfinite() & update_norm.isfinite(), ratio, math.nan)

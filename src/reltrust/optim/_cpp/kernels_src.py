@@ -339,14 +339,16 @@ static void span_lamb2_kept(float *restrict p, const float *restrict u, float k,
 }
 
 /* The trust ratio of one tensor: the float32 twin of reltrust.optim.trust_ratio.trust_ratio,
- *     κ‖W‖ / (‖u‖ + λ‖W‖ + ε), and exactly 1 where ‖W‖ = 0 or ‖u‖ = 0 (or either is NaN),
- * rounded as torch rounds it: ((u + λ·w) + ε), then (κ·w) / that. */
+ *     κ‖W‖ / (‖u‖ + λ‖W‖ + ε), exactly 1 where ‖W‖ = 0 or ‖u‖ = 0, and NaN where either is NaN or
+ * inf (so that the tensor's whole step is NaN), rounded as torch rounds it: ((u + λ·w) + ε), then
+ * (κ·w) / that. */
 typedef struct {
     float coefficient, weight_decay, eps;
 } ratio_hp_t;
 
 static inline float trust_ratio1(float w, float u, ratio_hp_t r) {
-    if (!(w > 0.0f && u > 0.0f)) return 1.0f;
+    if (!(isfinite(w) && isfinite(u))) return NAN;
+    if (w == 0.0f || u == 0.0f) return 1.0f;
     float den = u;
     if (r.weight_decay != 0.0f || r.eps != 0.0f) den = (u + w * r.weight_decay) + r.eps;
     return r.coefficient != 1.0f ? (w * r.coefficient) / den : w / den;
