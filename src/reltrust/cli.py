@@ -58,6 +58,36 @@ def _add_study_command(sub: argparse._SubParsersAction, name: str, help: str, qu
     p.set_defaults(func=run)
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="your optimiser against the others on the workbench's tasks: one tuning "
+                                     "protocol, steps to a target, performance profiles and a report")
+    # --optimizer and --hp share one list, in order: each --hp belongs to the --optimizer before it.
+    p.add_argument("--optimizer", dest="entries", action="append", required=True, metavar="NAME_OR_IMPORT_PATH",
+                   type=lambda s: ("optimizer", s),
+                   help="a registered name (reltrust.optim.available()) or package.module:Class, a "
+                        "torch.optim.Optimizer subclass (repeatable)")
+    p.add_argument("--hp", dest="entries", action="append", metavar="NAME=VALUE", type=lambda s: ("hp", s),
+                   help="a fixed hyperparameter of the --optimizer before it, e.g. --hp momentum=0.9 (repeatable)")
+    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                   help="a subset of the tasks (default: all): mlp-mnist cnn-digits transformer-shakespeare mlp-mnist1d")
+    p.add_argument("--quick", action="store_true", help="a grid of whole decades and 3 rerun seeds (minutes)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/bench[-quick]); rerunning resumes")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: one per CPU core; 0: run in this process)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores // workers)")
+    p.add_argument("--data-dir", default=None, help="folder with dataset files (see reltrust.workbench.data)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # seconds-long tasks for the tests
+
+    def run(args: argparse.Namespace) -> int:
+        from reltrust.workbench.bench import command
+
+        return command(args)
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="reltrust", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "the scaled-down grid that finishes in minutes on 2 cores")
     _add_study_command(sub, "run", "one run of a study's grid (also under torchrun: FSDP2 or DDP over the ranks)",
                        "a run of the grid of reproduce --quick")
+    _add_bench(sub)
     return parser
 
 

@@ -16,7 +16,7 @@ def runs_before_the_task_seam(study: str) -> dict:
 
 
 def runs_in(results_json: Path) -> dict:
-    """The same view of a results.json written now."""
+    """The same view of a results.json written now (without ``step``, which histories record since)."""
     return {r["key"]: {"status": r["status"], "final": r["final"], "probes": r["probes"],
-                       "history": [{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]]}
+                       "history": [{k: v for k, v in h.items() if k not in ("seconds", "step")} for h in r["history"]]}
             for r in json.loads(Path(results_json).read_text())}

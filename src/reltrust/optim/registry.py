@@ -2,6 +2,7 @@
 
     opt = create("fromage", model, lr=0.01)
     opt = create("adamw", param_groups(model, weight_decay=0.05), lr=1e-3)
+    opt = create("mypackage.optim:MyOptimizer", model, lr=0.01)   # any importable Optimizer subclass
 
 `param_groups` puts biases and normalisation-layer weights in a group with `weight_decay=0` and
 `trust_ratio=False` (ratio 1: LARS/LAMB/Fromage treat them as plain SGD/Adam-style tensors, the
@@ -9,6 +10,7 @@ usual convention). torch's optimisers ignore the extra `trust_ratio` key.
 """
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -42,10 +44,32 @@ def available() -> list[str]:
 
 
 def get(name: str) -> type[torch.optim.Optimizer]:
+    """The class registered under `name` (any case), or, for an import path ``"package.module:Class"``,
+    that class imported: a `RunSpec` can name a user's own optimiser, and every worker process that
+    builds it imports it afresh."""
+    if isinstance(name, str) and ":" in name:
+        return _import(name)
     try:
         return _REGISTRY[name.lower()]
     except (KeyError, AttributeError):
-        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(available())}") from None
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(available())}, "
+                         "or an import path 'package.module:Class'") from None
+
+
+def _import(path: str) -> type[torch.optim.Optimizer]:
+    module, _, attr = path.partition(":")
+    if not module or not attr.isidentifier():
+        raise ValueError(f"optimizer {path!r}: an import path is 'package.module:Class'")
+    try:
+        mod = importlib.import_module(module)
+    except Exception as e:  # noqa: BLE001 - ImportError, or whatever the module's own code raised
+        raise ValueError(f"optimizer {path!r}: importing {module!r} failed: {type(e).__name__}: {e}") from e
+    cls = getattr(mod, attr, None)
+    if cls is None:
+        raise ValueError(f"optimizer {path!r}: module {module!r} has no attribute {attr!r}")
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise TypeError(f"optimizer {path!r}: {cls!r} is not a torch.optim.Optimizer subclass")
+    return cls
 
 
 _NORM_TYPES = (

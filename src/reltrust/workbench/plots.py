@@ -4,6 +4,7 @@
 - `metric_vs`: a final metric against a swept quantity (depth), one line per label, band over seeds,
   an optional horizontal reference (chance level) and markers for diverged/crashed points.
 - `lr_sensitivity`: a final metric against the learning rate (log axis), one panel per optimiser.
+- `step_profiles`: step functions on one axis (performance profiles: the fraction of tasks against τ).
 
 A band is min–max over seeds (``band="minmax"``, default) or mean ± one standard deviation (``"std"``);
 the line is the mean. With one seed there is no band, and the figure's caption should say so. Every
@@ -112,13 +113,16 @@ def curves(
     ncols: int | None = None,
     logy_panels: Sequence[str] = (),
     ylim: tuple[float, float] | None = None,
+    panel_hlines: Mapping[str, float] | None = None,
 ) -> Path:
-    """`panels`: panel title → {line label → (xs, [ys per seed])}; `logy_panels`: titles drawn log-y."""
+    """`panels`: panel title → {line label → (xs, [ys per seed])}; `logy_panels`: titles drawn log-y;
+    `panel_hlines`: title → the y of that panel's own reference line (labelled `hline_label`), in
+    place of `hline`."""
     fig, axes = _grid(len(panels), ncols)
     for ax, (title, lines) in zip(axes, panels.items()):
         for i, (label, (xs, runs)) in enumerate(lines.items()):
             _draw_series(ax, list(xs), runs, label, i, band_kind, marker=".")
-        _label_axes(ax, title, xlabel, ylabel, hline, hline_label)
+        _label_axes(ax, title, xlabel, ylabel, (panel_hlines or {}).get(title, hline), hline_label)
         if logy or title in logy_panels:
             ax.set_yscale("log")
         elif ylim is not None:
@@ -203,4 +207,27 @@ def best_per_category(
     if logy:
         ax.set_yscale("log")
     _label_axes(ax, title, "", ylabel, hline, hline_label)
+    return _finish(fig, None, path)
+
+
+def step_profiles(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | os.PathLike,
+    *,
+    xlabel: str,
+    ylabel: str,
+    xlim: tuple[float, float],
+    title: str = "",
+) -> Path:
+    """`curves`: line label → (xs, ys) of a right-continuous step function (y holds from each x to the
+    next), all on one axis; y in [0, 1]. Lines that coincide are drawn slightly apart so that each
+    stays visible."""
+    fig, (ax,) = _grid(1, size=(5.6, 3.8))
+    n = max(len(curves), 1)
+    for i, (label, (xs, ys)) in enumerate(curves.items()):
+        shift = (i - (n - 1) / 2) * 0.008
+        ax.step(list(xs), [y + shift for y in ys], where="post", color=_color(label, i), label=label, lw=1.6)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(-0.03, 1.03)
+    _label_axes(ax, title, xlabel, ylabel, None, "")
     return _finish(fig, None, path)

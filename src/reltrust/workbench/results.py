@@ -5,8 +5,8 @@ store can read, resume and export a sweep without importing the training code.
 - `spec`: the `RunSpec` that was run; `key` is its key.
 - `status`: ``"ok"``, ``"diverged"`` (a non-finite training loss ended the run: a result) or
   ``"crashed"`` (an exception: `error` holds the traceback; says nothing about the optimiser).
-- `history`: one dict per evaluated epoch (epoch 0 = before training) with ``epoch``, ``lr``, the
-  task's metrics and ``seconds``.
+- `history`: one dict per evaluated epoch (epoch 0 = before training) with ``epoch``, ``step`` (the
+  optimiser steps taken so far), ``lr``, the task's metrics and ``seconds``.
 - `final`: the metrics the run ends with, plus ``epochs_run``, ``steps``, ``best_epoch``,
   ``stopped_early`` and ``diverged_at``.
 - `probes`: measurements taken during the run; `info`: where and how fast it ran.

@@ -19,8 +19,9 @@ What one run does:
   once per epoch or once per optimiser step (`spec.schedule_interval`).
 - After every epoch (and once before training, as epoch 0) the task evaluates its metrics in eval
   mode on the training and validation splits (``train_loss``, ``val_loss``, ... ; None where a split
-  is empty). The running averages over the epoch's minibatches (weights changing as they go,
-  dropout on) are kept too, as ``train_<metric>_running``.
+  is empty), recorded with ``epoch`` and ``step`` (the optimiser steps taken so far). The running
+  averages over the epoch's minibatches (weights changing as they go, dropout on) are kept too, as
+  ``train_<metric>_running``.
 - A non-finite training loss ends the run at once with status ``"diverged"`` (a result, not a crash);
   the model is evaluated as it stands and the last epoch is marked ``partial``.
 - Early stopping (``spec.patience > 0``): stop after `patience` epochs without a value of the task's
@@ -185,12 +186,13 @@ def fit(
     probe_epochs = set(int(e) for e in probe.get("at_epochs", ())) if probe else set()
     probes: list[dict[str, Any]] = []
 
-    def evaluated(epoch: int, lr: float | None, extra: dict[str, Any]) -> dict[str, Any]:
-        return {"epoch": epoch, "lr": lr, **_evaluate(task, models, "train"), **_evaluate(task, models, "val"), **extra}
+    def evaluated(epoch: int, step: int, lr: float | None, extra: dict[str, Any]) -> dict[str, Any]:
+        return {"epoch": epoch, "step": step, "lr": lr, **_evaluate(task, models, "train"),
+                **_evaluate(task, models, "val"), **extra}
 
     no_running = {f"train_{m}_running": None for m in task.RUNNING}
     t_eval = time.perf_counter()
-    history = [evaluated(0, None, {**no_running, "seconds": 0.0})]
+    history = [evaluated(0, 0, None, {**no_running, "seconds": 0.0})]
     eval_seconds = time.perf_counter() - t_eval
     if 0 in probe_epochs:
         probes.append({"epoch": 0, "step": 0, **task.probe(_unwrapped(task, models, parallel), probe)})
@@ -238,7 +240,7 @@ def fit(
         extra["seconds"] = seconds
         if diverged_at is not None:
             extra["partial"] = True
-        entry = evaluated(epoch, lr_epoch, extra)
+        entry = evaluated(epoch, step, lr_epoch, extra)
         history.append(entry)
         eval_seconds += time.perf_counter() - t_eval
         if bar is not None:
