@@ -117,6 +117,7 @@ def curves(
     ncols: int | None = None,
     logy_panels: Sequence[str] = (),
     ylim: tuple[float, float] | None = None,
+    logx: bool = False,
 ) -> Path:
     """`panels`: panel title → {line label → (xs, [ys per seed])}; `logy_panels`: titles drawn log-y."""
     fig, axes = _grid(len(panels), ncols)
@@ -124,6 +125,8 @@ def curves(
         for i, (label, (xs, runs)) in enumerate(lines.items()):
             _draw_series(ax, list(xs), runs, label, i, band_kind, marker=".")
         _label_axes(ax, title, xlabel, ylabel, hline, hline_label)
+        if logx:
+            ax.set_xscale("log")
         if logy or title in logy_panels:
             ax.set_yscale("log")
         elif ylim is not None:
