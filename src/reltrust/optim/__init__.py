@@ -6,16 +6,18 @@
 from reltrust.optim.fromage import Fromage, fromage_update
 from reltrust.optim.lamb import LAMB, lamb_update
 from reltrust.optim.lars import LARS, lars_update
+from reltrust.optim.radam import RAdamSkip, radam_skip_update
 from reltrust.optim.registry import available, create, get, param_groups, register
 from reltrust.optim.trust_ratio import norms, trust_ratio
 
 register("fromage", Fromage)
 register("lars", LARS)
 register("lamb", LAMB)
+register("radam_skip", RAdamSkip)
 
 __all__ = [
-    "Fromage", "LARS", "LAMB",
-    "fromage_update", "lars_update", "lamb_update",
+    "Fromage", "LARS", "LAMB", "RAdamSkip",
+    "fromage_update", "lars_update", "lamb_update", "radam_skip_update",
     "norms", "trust_ratio",
     "available", "create", "get", "param_groups", "register",
 ]

@@ -21,7 +21,7 @@ _REGISTRY: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
-    "radam": torch.optim.RAdam,
+    "radam": torch.optim.RAdam,  # SGD with momentum while rho_t <= 5; "radam_skip" (RAdamSkip) skips instead
     "nadam": torch.optim.NAdam,
 }
 

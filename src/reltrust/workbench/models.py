@@ -269,8 +269,12 @@ class _CausalSelfAttention(nn.Module):
 
 
 class _Block(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+    """Pre-LN: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``. Post-LN: ``ln1(x + attn(x))``, then
+    ``ln2(x + mlp(x))``."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float, post_ln: bool = False) -> None:
         super().__init__()
+        self.post_ln = post_ln
         self.ln1 = nn.LayerNorm(d_model)
         self.attn = _CausalSelfAttention(d_model, n_heads, dropout)
         self.ln2 = nn.LayerNorm(d_model)
@@ -279,17 +283,22 @@ class _Block(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.post_ln:
+            x = self.ln1(x + self.attn(x))
+            return self.ln2(x + self.mlp(x))
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
 
 
 class CharTransformer(nn.Module):
-    """A small causal character-level Transformer (nanoGPT-like, pre-LayerNorm).
+    """A small causal character-level Transformer (nanoGPT-like, pre-LayerNorm by default).
 
     Token and learned position embeddings, ``n_layers`` blocks ``x + attn(LN(x))``,
     ``x + MLP(LN(x))`` (MLP 4*d_model with GELU), causal attention through
     ``F.scaled_dot_product_attention(is_causal=True)``, a final LayerNorm and an untied Linear head.
-    Init as nanoGPT: N(0, 0.02) for Linear and embeddings, residual projections
+    ``post_ln=True`` gives the original Transformer's post-LayerNorm blocks ``LN(x + attn(x))``,
+    ``LN(x + MLP(x))`` and no final LayerNorm (the last block's output is already normalised).
+    Init as nanoGPT (for both): N(0, 0.02) for Linear and embeddings, residual projections
     N(0, 0.02/sqrt(2 n_layers)), biases 0. ``forward(idx)``: idx (B, T) int64 with T <= block_size
     -> logits (B, T, vocab_size).
     """
@@ -302,6 +311,7 @@ class CharTransformer(nn.Module):
         n_layers: int = 2,
         n_heads: int = 4,
         dropout: float = 0.0,
+        post_ln: bool = False,
     ) -> None:
         super().__init__()
         self.vocab_size = _int("vocab_size", vocab_size, 1)
@@ -312,11 +322,15 @@ class CharTransformer(nn.Module):
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads must divide d_model = {d_model}, got {n_heads}")
         self.dropout_p = _prob("dropout", dropout)
+        if not isinstance(post_ln, bool):
+            raise ValueError(f"post_ln must be a bool, got {post_ln!r}")
+        self.post_ln = post_ln
         self.tok_emb = nn.Embedding(self.vocab_size, self.d_model)
         self.pos_emb = nn.Embedding(self.block_size, self.d_model)
         self.drop = nn.Dropout(self.dropout_p)
-        self.blocks = nn.ModuleList(_Block(self.d_model, self.n_heads, self.dropout_p) for _ in range(self.n_layers))
-        self.ln_f = nn.LayerNorm(self.d_model)
+        self.blocks = nn.ModuleList(_Block(self.d_model, self.n_heads, self.dropout_p, post_ln)
+                                    for _ in range(self.n_layers))
+        self.ln_f = nn.Identity() if post_ln else nn.LayerNorm(self.d_model)
         self.head = nn.Linear(self.d_model, self.vocab_size)
         self.apply(self._init)
         for block in self.blocks:

@@ -114,6 +114,7 @@ def curves(
     logy_panels: Sequence[str] = (),
     ylim: tuple[float, float] | None = None,
     panel_hlines: Mapping[str, float] | None = None,
+    logx: bool = False,
 ) -> Path:
     """`panels`: panel title → {line label → (xs, [ys per seed])}; `logy_panels`: titles drawn log-y;
     `panel_hlines`: title → the y of that panel's own reference line (labelled `hline_label`), in
@@ -123,6 +124,8 @@ def curves(
         for i, (label, (xs, runs)) in enumerate(lines.items()):
             _draw_series(ax, list(xs), runs, label, i, band_kind, marker=".")
         _label_axes(ax, title, xlabel, ylabel, (panel_hlines or {}).get(title, hline), hline_label)
+        if logx:
+            ax.set_xscale("log")
         if logy or title in logy_panels:
             ax.set_yscale("log")
         elif ylim is not None:

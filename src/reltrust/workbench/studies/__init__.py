@@ -17,6 +17,7 @@ STUDIES = {
     "depth": "reltrust.workbench.studies.depth",
     "trust": "reltrust.workbench.studies.trust",
     "lr-robustness": "reltrust.workbench.studies.lr_robustness",
+    "variance": "reltrust.workbench.studies.variance",
 }
 
 
