@@ -261,7 +261,7 @@ def test_rectification_is_the_ratio_of_first_order_variances():
     "kwargs,match",
     [
         ({"lr": -1e-3}, r"Invalid lr: .*allowed range"),
-        ({"lr": torch.tensor(1e-3)}, "lr must be a Python float"),
+        ({"lr": torch.tensor(1e-3)}, "lr must be a real number"),
         ({"betas": (1.0, 0.999)}, r"Invalid betas\[0\]"),
         ({"betas": (0.9, 1.0)}, r"Invalid betas\[1\]: 1.0; allowed range"),
         ({"betas": 0.9}, "Invalid betas"),

@@ -336,7 +336,7 @@ def _figures(rows: Sequence[dict], out_dir: Path) -> list[tuple[Path, str]]:
 STUDY = Study(
     name=NAME, title=TITLE,
     description="is Fromage's best lr about 0.01 on every task, while SGD's and Adam's move? (4 task kinds)",
-    configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=10,
+    configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=3.5,
 )
 
 __all__ = ["STUDY", "CONFIGS", "NAME", "OPTIMIZERS", "analyse", "build_grid", "grid", "spreads", "summarise",

@@ -331,7 +331,7 @@ def analyse(store: Store, out_dir: str | Path, specs: Sequence[RunSpec] | None =
         f"β₂ = {config.beta2:g}; μ ∈ {{{', '.join(f'{m:g}' for m in config.mus)}}}; {config.trajectories:,} trajectories; "
         f"{config.steps:,} steps; seed {config.seed}; float64; ψ_t and r_t·ψ_t at {len(sim.steps)} recorded steps "
         f"(every value in [{csv_path.name}]({csv_path.name}))",
-        f"r_t and ρ_t: `reltrust.optim.radam.rectification` and `sma_length`, the functions RAdamSkip steps with",
+        "r_t and ρ_t: `reltrust.optim.radam.rectification` and `sma_length`, the functions RAdamSkip steps with",
     ])
     rep.heading("Where it ran")
     rep.bullets([f"torch {torch.__version__}; cpu; {torch.get_num_threads()} thread(s); {sim.seconds:.1f} s"])
