@@ -178,9 +178,12 @@ def test_not_installed_messages(tmp_path, monkeypatch):
 def test_missing_package_message(monkeypatch, name, package, cached, hint):
     real_find = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == package else real_find(n, *a))
-    fn = getattr(S, cached)
-    saved = fn.__wrapped__
-    monkeypatch.setattr(S, cached, saved)  # bypass the per-process cache for this test only
+    assert hasattr(getattr(S, cached), "cache_clear")
+    # Bypass every per-process cache in the sources module for this test only: a cache built by an
+    # earlier test (the raw text, or the tokens made from it) would hide the missing package.
+    for attr, fn in list(vars(S).items()):
+        if callable(fn) and hasattr(fn, "cache_clear") and hasattr(fn, "__wrapped__"):
+            monkeypatch.setattr(S, attr, fn.__wrapped__)
     with pytest.raises(DatasetNotInstalledError, match=hint):
         load_dataset(name)
     assert not {i.name: i.installed for i in available_datasets()}[name]
