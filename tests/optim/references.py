@@ -24,8 +24,9 @@ def fromage(ws, gs, state, lr, momentum=0.0, p_bound=None, trust=True, maximize=
         wn, gn = _norm(w), _norm(g)
         if p_bound is not None and ("w0", i) not in state:
             state[("w0", i)] = wn
-        r = wn / gn if (trust and wn > 0 and gn > 0) else 1.0
-        w = (w - lr * r * g) / math.sqrt(1 + lr * lr)
+        if not (trust and gn == 0):  # a zero direction takes no step, not even the division (see Fromage)
+            r = wn / gn if (trust and wn > 0 and gn > 0) else 1.0
+            w = (w - lr * r * g) / math.sqrt(1 + lr * lr)
         if p_bound is not None:
             bound = p_bound * state[("w0", i)]
             if _norm(w) > bound:

@@ -224,7 +224,8 @@ def test_in_place_updates_bump_version_counters():
 
 
 def test_fused_none_falls_back_where_the_kernels_do_not_apply():
-    """float64 and non-contiguous tensors run on the torch path; fused=True refuses them."""
+    """float64 and non-contiguous tensors run on the torch path; fused=True refuses non-contiguous
+    ones and takes float64 ones (on the torch path), as torch's fused CPU optimisers take float64."""
     for dtype, transpose in [(torch.float64, False), (torch.float32, True)]:
         w = torch.randn(6, 5, dtype=dtype)
         a = nn.Parameter(w.t() if transpose else w.clone())
@@ -236,8 +237,37 @@ def test_fused_none_falls_back_where_the_kernels_do_not_apply():
         assert torch.equal(a.detach(), b.detach())
         c = nn.Parameter(a.detach().clone())
         c.grad = g.clone()
-        with pytest.raises(RuntimeError, match="fused=True needs"):
+        if dtype is torch.float64:
             Fromage([c], lr=0.1, fused=True).step()
+            d = nn.Parameter(a.detach().clone())
+            d.grad = g.clone()
+            Fromage([d], lr=0.1, foreach=False).step()
+            assert torch.equal(c.detach(), d.detach())
+        else:
+            with pytest.raises(RuntimeError, match="fused=True needs"):
+                Fromage([c], lr=0.1, fused=True).step()
+
+
+@pytest.mark.parametrize("cls", [Fromage, LARS, LAMB])
+def test_fused_true_takes_float64_beside_float32(cls):
+    """A model with float32 and float64 parameters under fused=True: the float32 ones on the kernels
+    (equal to fused=True alone), the float64 ones on the torch path (equal to foreach=False)."""
+    torch.manual_seed(0)
+    w32, w64 = torch.randn(8, 7), torch.randn(5, 3, dtype=torch.float64)
+    g32, g64 = torch.randn(8, 7), torch.randn(5, 3, dtype=torch.float64)
+
+    def run(pairs, **kw):
+        ps = [nn.Parameter(w.clone()) for w, _ in pairs]
+        opt = cls(ps, lr=0.1, **kw)
+        for _ in range(3):
+            for p, (_, g) in zip(ps, pairs):
+                p.grad = g.clone()
+            opt.step()
+        return [p.detach() for p in ps]
+
+    mixed = run([(w32, g32), (w64, g64)], fused=True)
+    assert torch.equal(mixed[0], run([(w32, g32)], fused=True)[0])
+    assert torch.equal(mixed[1], run([(w64, g64)], foreach=False)[0])
 
 
 def test_fused_and_foreach_together_are_refused():

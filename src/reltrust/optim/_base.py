@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch.optim.optimizer import _get_scalar_dtype
 
 from reltrust.optim import _native
 from reltrust.optim.trust_ratio import compute_dtype, local
@@ -108,9 +109,11 @@ def fused_choice(group: dict[str, Any]) -> bool | None:
     return fused
 
 
-def check_float(name: str, value: Any, low: float, high: float | None = None, *, low_open=False, high_open=True) -> None:
+def check_float(name: str, value: Any, low: float, high: float | None = None, *, low_open=False, high_open=True,
+                shown: Any = None) -> None:
     """Raise ValueError naming `name` unless `value` is a finite real number (int, float, a NumPy
-    scalar: any `numbers.Real` but bool) with low ≤ value ≤ high (brackets per the *_open flags)."""
+    scalar: any `numbers.Real` but bool) with low ≤ value ≤ high (brackets per the *_open flags).
+    `shown`: what the message names as the value, if not `value` itself."""
     ok = type(value) is float  # the common case first: it runs on every group at every step
     if not ok:
         if isinstance(value, torch.Tensor):
@@ -124,7 +127,38 @@ def check_float(name: str, value: Any, low: float, high: float | None = None, *,
     if not ok:
         lo = "(" if low_open else "["
         hi = ")" if (high is None or high_open) else "]"
-        raise ValueError(f"Invalid {name}: {value!r}; allowed range {lo}{low}, {'inf' if high is None else high}{hi}")
+        shown = value if shown is None else shown
+        raise ValueError(f"Invalid {name}: {shown!r}; allowed range {lo}{low}, {'inf' if high is None else high}{hi}")
+
+
+def check_lr(value: Any, high: float | None = None) -> None:
+    """`check_float("lr", …)`, but a learning rate may also be a one-element real floating tensor, as
+    in torch's optimisers (a compiled step then follows its changes without recompiling). Its value is
+    range-checked where reading it costs no device synchronisation (a CPU tensor); on an accelerator
+    only its shape and dtype are."""
+    if not isinstance(value, torch.Tensor):
+        check_float("lr", value, 0.0, high)
+        return
+    if value.numel() != 1 or not value.is_floating_point():
+        raise ValueError(
+            f"Invalid lr: a Tensor lr must be a one-element real floating tensor; got shape "
+            f"{tuple(value.shape)}, dtype {value.dtype}"
+        )
+    if value.device.type == "cpu":
+        check_float("lr", float(value), 0.0, high, shown=value)
+
+
+def scalar_arg(value: float | torch.Tensor, ref: torch.Tensor) -> float | torch.Tensor:
+    """A hyperparameter for the torch path: a number as a Python float, a one-element tensor as a
+    0-dim tensor in `ref`'s dtype on its device (no host read)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().reshape(()).to(device=ref.device, dtype=ref.dtype)
+    return float(value)
+
+
+def filled(like: torch.Tensor, value: float | torch.Tensor) -> torch.Tensor:
+    """A tensor like `like` filled with a number or a 0-dim tensor (`torch.full_like` takes numbers only)."""
+    return torch.empty_like(like).fill_(value)
 
 
 def check_flag(name: str, value: Any, *, none: bool = False) -> None:
@@ -183,7 +217,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         """As torch's (which also runs it for every group at construction), but refuses what a step
         would get wrong: invalid hyperparameters (`_check_group`), complex parameters, and a
         parameter listed twice — in the group (torch only warns; the native, foreach and per-tensor
-        paths would each update it differently) or already in another group."""
+        paths would each update it differently) or already in another group. Complex parameters
+        (complex64, complex128) are updated as their real views, as torch's optimisers do; their
+        Frobenius norms are the same either way."""
         if isinstance(param_group, dict) and "params" in param_group:
             params = param_group["params"]
             if not isinstance(params, (torch.Tensor, set)):
@@ -195,17 +231,17 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
 
     def _check_params(self, params: list[Any]) -> None:
-        """ValueError for a complex parameter or one already listed, in the group being added
+        """ValueError for a complex32 parameter or one already listed, in the group being added
         (number len(self.param_groups)) or in an earlier one."""
         name, new = type(self).__name__, len(self.param_groups)
         listed = {id(p): (k, i) for k, group in enumerate(self.param_groups) for i, p in enumerate(group["params"])}
         for i, p in enumerate(params):
             if not isinstance(p, torch.Tensor):
                 continue  # torch's add_param_group refuses it
-            if p.is_complex():
+            if p.is_complex() and p.dtype not in _REAL:
                 raise ValueError(
-                    f"{name} does not support complex parameters (its trust ratio is defined for real "
-                    "tensors); pass torch.view_as_real(p) views instead"
+                    f"{name} does not support {p.dtype} parameters (complex64 and complex128 are "
+                    "updated as their real views, torch.view_as_real(p))"
                 )
             k, j = listed.setdefault(id(p), (new, i))
             if (k, j) == (new, i):
@@ -217,7 +253,14 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # torch's __setstate__ (also run by load_state_dict) adds "differentiable" to the defaults,
+        # which the loop below would copy into every group: a reloaded optimiser would no longer
+        # serialise as it did. These optimisers have no differentiable mode; keep the key out.
+        defaults = state.get("defaults", self.__dict__.get("defaults", {}))
+        torch_adds = "differentiable" not in defaults
         super().__setstate__(state)
+        if torch_adds:
+            self.defaults.pop("differentiable", None)
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -377,7 +420,9 @@ class Bucket:
 
     def add(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any]) -> None:
         p_local, g_local = local(p), local(grad)
-        work = compute_dtype(p.dtype)
+        if p_local.is_complex():  # as torch's optimisers do: the real view (same Frobenius norm)
+            p_local, g_local = torch.view_as_real(p_local), torch.view_as_real(g_local)
+        work = compute_dtype(p_local.dtype)
         if p_local.dtype != work:
             p_work = p_local.to(work)
             self._writeback.append((p_local, p_work))
@@ -388,7 +433,9 @@ class Bucket:
         self.states.append(state)
 
     def state_list(self, key: str) -> list[torch.Tensor]:
-        return [local(s[key]) for s in self.states]
+        """The local state tensors `key` of the bucket's parameters (real views of complex ones)."""
+        out = [local(s[key]) for s in self.states]
+        return [torch.view_as_real(t) if t.is_complex() else t for t in out]
 
     def run(self, update: Callable[["Bucket"], None], foreach: bool) -> None:
         update(self)
@@ -396,17 +443,30 @@ class Bucket:
             ops.copy_([d for d, _ in self._writeback], [s for _, s in self._writeback], foreach)
 
 
+_REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+
+
 def state_zeros(p: torch.Tensor) -> torch.Tensor:
-    """A zero state tensor like `p` (a DTensor for a DTensor `p`), float32 for 16-bit parameters;
+    """A zero state tensor like `p` (a DTensor for a DTensor `p`), float32 for 16-bit parameters
+    (complex for complex ones, as in torch's optimisers, and updated through its real view);
     on a CPU, a large one in huge pages (`_native.advise_huge_pages`), advised before it is zeroed."""
-    x = torch.empty_like(p, dtype=compute_dtype(p.dtype), memory_format=torch.preserve_format)
+    dtype = p.dtype if p.is_complex() else compute_dtype(p.dtype)  # complex state is viewed as real
+    x = torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format)
     _native.advise_huge_pages(local(x))
     return x.zero_()
 
 
 def scalar_state(p: torch.Tensor, value: float) -> torch.Tensor:
-    """A 0-dim state tensor in `p`'s compute dtype on its device (a plain tensor even for DTensor `p`)."""
-    return torch.full((), value, dtype=compute_dtype(p.dtype), device=local(p).device)
+    """A 0-dim real state tensor in `p`'s compute dtype on its device (a plain tensor even for
+    DTensor `p`; float32/float64 for complex64/complex128 `p`)."""
+    dtype = _REAL.get(p.dtype, p.dtype)
+    return torch.full((), value, dtype=compute_dtype(dtype), device=local(p).device)
+
+
+def step_state(p: torch.Tensor, value: float = 0.0) -> torch.Tensor:
+    """A 0-dim step counter on `p`'s device in torch's dtype for step counters (float32, as in
+    torch's Adam, whatever the parameters' dtype; float64 where torch's default dtype is)."""
+    return torch.full((), float(value), dtype=_get_scalar_dtype(), device=local(p).device)
 
 
 def per_tensor(vector: torch.Tensor) -> Sequence[torch.Tensor]:

@@ -60,7 +60,7 @@ _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-ffp-contract
 #: EPYC with AVX-512) the streaming passes ran faster so in 14 of 15 interleaved comparisons of
 #: whole steps (Fromage, LARS, LAMB; one 4096² matrix and GPT-2 shapes), by up to 20 %.
 _X86_FLAGS = ["-mprefer-vector-width=256"]
-_ABI = 3
+_ABI = 4
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _reason = "not built yet"
@@ -214,7 +214,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     sig = {
         "rt_norms": [I, I, P, P, P, I, P, I],
         "rt_lerp_norms": [I, P, P, P, P, P, I, F, P, P, I],
-        "rt_fromage_update": [I, P, P, P, P, I, P, F, P, I],
+        "rt_fromage_update": [I, P, P, P, P, I, P, F, P, P, I],
         "rt_scale": [I, P, P, P, I],
         "rt_lars_update": [I, P, P, P, P, P, I, P, P, P, P, F, I, P, I],
         "rt_lamb_pass1": [I, P, P, P, P, P, P, I, P, P, F, F, F, F, F, I, P, P, I],
@@ -276,20 +276,22 @@ def route(fused: bool | None, *tensor_lists: Sequence[torch.Tensor] | None) -> S
     (``range(n)``: all; None: none). `fused` None → every tensor they take (`supported`, checked per
     tensor only when not all are), the others taking the torch path in the same step, so that one
     tensor the kernels cannot take (a channels_last weight, say) does not send the whole group there;
-    True → all of them (RuntimeError naming the reason otherwise); False → none."""
+    True → all of them but float64 ones, which the float32 kernels do not take and which run the torch
+    path (torch's fused CPU optimisers take float64 too; RuntimeError naming the reason for any other
+    tensor they cannot take); False → none."""
     if fused is False:
         return None
     n = len(tensor_lists[0])
     if supported(*tensor_lists):
         chosen: Sequence[int] = range(n)
-    elif fused:
-        raise RuntimeError(
-            "fused=True needs contiguous CPU tensors computed in float32 (float32, bfloat16 or float16 "
-            "parameters) with gradients and state of the parameters' sizes"
-        )
     else:
         lists = [ts for ts in tensor_lists if ts is not None]
         chosen = [i for i in range(n) if supported(*([ts[i]] for ts in lists))]
+        if fused and len(chosen) + sum(lists[0][i].dtype is torch.float64 for i in range(n)) < n:
+            raise RuntimeError(
+                "fused=True needs contiguous CPU tensors computed in float32 (float32, bfloat16 or float16 "
+                "parameters; float64 ones take the torch path) with gradients and state of the parameters' sizes"
+            )
     if not chosen:
         return None
     if not available():
@@ -435,13 +437,15 @@ def lerp_norms(params, grads, bufs, weight: float, pnorm: torch.Tensor | None, m
 
 
 def fromage_update(params, directions, coef: torch.Tensor, c: float, newnorm: torch.Tensor | None, *,
-                   sel: array | None = None) -> None:
-    """p ← (p + coef_i·u)·c; writes ‖p_new‖ into newnorm if given."""
+                   sel: array | None = None, unorm: torch.Tensor | None = None) -> None:
+    """p ← (p + coef_i·u)·c; writes ‖p_new‖ into newnorm if given; where `unorm` (the tensors' ‖u‖) is
+    given, a tensor whose ‖u‖ is exactly 0 is left as it is."""
     n = len(params)
     coef = _vec(coef)
+    unorm = None if unorm is None else _vec(unorm)
     pp, up, sizes = _ptrs(params), _ptrs(directions), _sizes(params)
-    _lib.rt_fromage_update(n, _addr(pp), _addr(up), _addr(sizes), _addr(sel), _n(sel, 0), _p(coef), c, _p(newnorm),
-                           torch.get_num_threads())
+    _lib.rt_fromage_update(n, _addr(pp), _addr(up), _addr(sizes), _addr(sel), _n(sel, 0), _p(coef), c, _p(unorm),
+                           _p(newnorm), torch.get_num_threads())
     _bump(params)
 
 

@@ -9,7 +9,8 @@ import torch
 from reltrust.optim import _native
 from reltrust.optim import trust_ratio as tr
 from reltrust.optim._base import (
-    Bucket, LayerwiseOptimizer, cache_blocks, check_float, fused_choice, ops, per_tensor, scalar_state, state_zeros,
+    Bucket, LayerwiseOptimizer, cache_blocks, check_float, check_lr, filled, fused_choice, ops, per_tensor, scalar_arg,
+    scalar_state, state_zeros,
 )
 
 
@@ -22,8 +23,15 @@ class Fromage(LayerwiseOptimizer):
         u ← m ← β·m + (1−β)·g                    (momentum = β > 0; m starts at 0)
         r ← ‖W‖/‖u‖,  and r = 1 if ‖W‖ = 0 or ‖u‖ = 0      (zero-initialised biases, zero gradients)
                         and r = NaN if ‖W‖ or ‖u‖ is NaN or inf
-        W ← (W − η·r·u) / √(1 + η²)
+        W ← (W − η·r·u) / √(1 + η²)              (W unchanged if u = 0 exactly)
         if p_bound:  W ← W · min(1, p_bound·‖W₀‖/‖W‖)      (‖W₀‖: norm when W first got a gradient)
+
+    A tensor whose direction u is exactly zero — a gradient kept at zero by
+    ``zero_grad(set_to_none=False)``, a frozen part of a model — takes no step: the paper's division
+    by √(1+η²) undoes the growth a step would cause, and without a step it would shrink the tensor by
+    that factor every step (to 0.95 of its norm in 1,000 steps at η = 0.01), so it is skipped, as a
+    parameter without a gradient is. (With ``trust_ratio=False`` no norms are taken and the division
+    applies every step, as in the paper's rule.)
 
     A NaN or inf in W or g thus makes the tensor's whole step NaN, on every path (native kernels,
     foreach, per-tensor loop), so that divergence is seen, as torch's optimisers let a NaN through;
@@ -41,6 +49,8 @@ class Fromage(LayerwiseOptimizer):
         params: iterable of parameters or param groups. A group may set ``trust_ratio=False`` to use
             r = 1 (plain SGD followed by the norm-preserving division).
         lr: η, the relative step per layer, ≥ 0. 0.01 by default; 0.001 is the usual fine-tuning value.
+            A number or a one-element tensor, as in torch's optimisers (a compiled step then follows
+            its changes without recompiling; the native kernels read its value).
         p_bound: if set (> 0), after every step rescale any tensor whose norm exceeds
             p_bound × its norm at its first step back to that bound. Off by default; the paper's
             authors found p_bound = 1 best against overfitting on CIFAR-10 and Wikitext-2.
@@ -53,7 +63,8 @@ class Fromage(LayerwiseOptimizer):
         fused: the native CPU kernels (`reltrust.optim._native`): None (default) uses them for the
             contiguous CPU float32/16-bit tensors when they are built and ``foreach`` is not set
             (the group's other tensors, e.g. a channels_last weight, take the torch path in the
-            same step), True requires them for all, False never uses them. A norm pass and an
+            same step), True requires them for all (but float64 tensors, which they do not take:
+            those run the torch path, as torch's fused CPU optimisers take float64), False never uses them. A norm pass and an
             update pass (20 bytes per float32 element, like SGD with momentum); for tensors or
             groups of tensors that fit in cache, the update pass reads W and g from cache (12 bytes from memory). They agree
             with the torch path to float32 rounding (bit for bit but for the norms' last bits).
@@ -94,7 +105,7 @@ class Fromage(LayerwiseOptimizer):
 
     @staticmethod
     def _check_hyperparameters(group: dict[str, Any]) -> None:
-        check_float("lr", group["lr"], 0.0)
+        check_lr(group["lr"])
         if group["p_bound"] is not None:
             check_float("p_bound", group["p_bound"], 0.0, low_open=True)
         check_float("momentum", group["momentum"], 0.0, 1.0)
@@ -112,7 +123,7 @@ class Fromage(LayerwiseOptimizer):
             b.grads,
             b.state_list("momentum_buffer") if group["momentum"] > 0 else None,
             b.state_list("initial_norm") if p_bound is not None else None,
-            lr=float(group["lr"]),  # any real number type (check_float) as a Python float
+            lr=scalar_arg(group["lr"], b.params[0]),  # a Python float, or a 0-dim tensor (no host read)
             momentum=float(group["momentum"]),
             p_bound=None if p_bound is None else float(p_bound),
             trust_ratio=group["trust_ratio"],
@@ -131,7 +142,7 @@ def fromage_update(
     momentum_buffers: list[torch.Tensor] | None,
     initial_norms: list[torch.Tensor] | None,
     *,
-    lr: float,
+    lr: float | torch.Tensor,
     momentum: float = 0.0,
     p_bound: float | None = None,
     trust_ratio: bool = True,
@@ -150,7 +161,8 @@ def fromage_update(
     path, `weight_norm` may give the norms of the (local) `params` as returned by the previous call
     with `return_weight_norm=True` — the caller vouches that the weights have not changed since —
     and that call returns the norms of the updated weights, taken in the update pass; otherwise it
-    returns None.
+    returns None. `lr` may be a 0-dim tensor: the torch path then reads it only on the device (the
+    native kernels take its value).
     """
     like = like if like is not None else params
     if momentum > 0 and momentum_buffers is None:
@@ -159,7 +171,7 @@ def fromage_update(
         raise ValueError("fromage_update: p_bound needs initial_norms")
     native = _native.route(fused, params, grads, momentum_buffers if momentum > 0 else None)
     if native is not None:
-        rule = dict(lr=lr, momentum=momentum, p_bound=p_bound, trust_ratio=trust_ratio, maximize=maximize)
+        rule = dict(lr=float(lr), momentum=momentum, p_bound=p_bound, trust_ratio=trust_ratio, maximize=maximize)
         if len(native) == len(params):
             return _fromage_native(params, grads, momentum_buffers, initial_norms, like=like, weight_norm=weight_norm,
                                    return_weight_norm=return_weight_norm, **rule)
@@ -173,17 +185,22 @@ def fromage_update(
     else:
         direction = grads
     weight_norm = tr.norms(params, like=like, foreach=foreach)
-    if trust_ratio:
-        ratio = tr.trust_ratio(weight_norm, tr.norms(direction, like=like, foreach=foreach))
-        coef = ratio.mul_(lr if maximize else -lr)
+    if isinstance(lr, torch.Tensor):
+        c = (1.0 + lr * lr).rsqrt()
     else:
-        coef = torch.full_like(weight_norm, lr if maximize else -lr)
-    c = 1.0 / math.sqrt(1.0 + lr * lr)
-    if torch.compiler.is_compiling():
-        # under torch.compile (of this function or of a step calling it), torch 2.13's inductor
-        # fuses addcmul_ and mul_ by a float that dynamo made dynamic (a changing lr) into a kernel
-        # that keeps the first value; a 0-dim tensor c is compiled right
-        c = torch.tensor(c, dtype=params[0].dtype, device=params[0].device)
+        c = 1.0 / math.sqrt(1.0 + lr * lr)
+        if torch.compiler.is_compiling():
+            # under torch.compile (of this function or of a step calling it), torch 2.13's inductor
+            # fuses addcmul_ and mul_ by a float that dynamo made dynamic (a changing lr) into a
+            # kernel that keeps the first value; a 0-dim tensor c is compiled right
+            c = torch.tensor(c, dtype=params[0].dtype, device=params[0].device)
+    if trust_ratio:
+        direction_norm = tr.norms(direction, like=like, foreach=foreach)
+        coef = tr.trust_ratio(weight_norm, direction_norm).mul_(lr if maximize else -lr)
+        # a tensor whose direction is exactly zero takes no step: not even the division by √(1+η²)
+        c = per_tensor(torch.where(direction_norm == 0, torch.ones_like(direction_norm), c))
+    else:
+        coef = filled(weight_norm, lr if maximize else -lr)
     _scaled_update(params, direction, per_tensor(coef), c, foreach)
 
     if p_bound is not None:
@@ -197,12 +214,13 @@ def fromage_update(
     return None
 
 
-def _scaled_update(params, direction, coefs, c: float | torch.Tensor, foreach: bool) -> None:
-    """p_i ← (p_i + coef_i·u_i)·c as addcmul_ then mul_, in cache-sized blocks (`cache_blocks`) so
-    that mul_ finds p in cache."""
+def _scaled_update(params, direction, coefs, c, foreach: bool) -> None:
+    """p_i ← (p_i + coef_i·u_i)·c_i as addcmul_ then mul_, in cache-sized blocks (`cache_blocks`) so
+    that mul_ finds p in cache. `c`: one number or 0-dim tensor for all, or a 0-dim tensor per tensor."""
+    per = isinstance(c, (list, tuple))
     for idx, (ps, us) in cache_blocks([params, direction], foreach):
         ops.addcmul_(ps, us, [coefs[i] for i in idx], foreach)
-        ops.mul_(ps, c, foreach)
+        ops.mul_(ps, [c[i] for i in idx] if per else c, foreach)
 
 
 def _fromage_native(params, grads, momentum_buffers, initial_norms, *, lr, momentum, p_bound, trust_ratio,
@@ -253,8 +271,10 @@ def _fromage_native(params, grads, momentum_buffers, initial_norms, *, lr, momen
             else:
                 _native.norms(grads, sel=streamed, out=(direction_norm,))
             reduced_weight_norm = tr.reduce_norms(local_weight_norm.clone(), like)
-            ratio = tr.trust_ratio(reduced_weight_norm, tr.reduce_norms(direction_norm, like))
-            _native.fromage_update(params, direction, ratio.mul_(lr_signed), c, new_local, sel=streamed)
+            reduced_direction_norm = tr.reduce_norms(direction_norm, like)
+            ratio = tr.trust_ratio(reduced_weight_norm, reduced_direction_norm)
+            _native.fromage_update(params, direction, ratio.mul_(lr_signed), c, new_local, sel=streamed,
+                                   unorm=reduced_direction_norm)
     if p_bound is not None:
         # ‖W‖ is reduced once per step (one all-reduce per mesh group), as on the torch path
         if reduced_weight_norm is None:

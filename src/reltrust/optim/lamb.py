@@ -8,7 +8,8 @@ import torch
 from reltrust.optim import _native
 from reltrust.optim import trust_ratio as tr
 from reltrust.optim._base import (
-    Bucket, LayerwiseOptimizer, cache_blocks, check_float, fused_choice, ops, per_tensor, scalar_state,
+    Bucket, LayerwiseOptimizer, cache_blocks, check_float, check_lr, filled, fused_choice, ops, per_tensor, scalar_arg,
+    step_state,
     state_zeros,
 )
 
@@ -42,7 +43,7 @@ class LAMB(LayerwiseOptimizer):
     modified. Gradient clipping, if wanted, is a separate step before ``step()`` (``torch.nn.utils.clip_grad_norm_``).
 
     Args:
-        lr: η ≥ 0.   betas: (β₁, β₂), each in [0, 1).   eps: ε ≥ 0.   weight_decay: λ ≥ 0.
+        lr: η ≥ 0, a number or a one-element tensor (see `Fromage`).   betas: (β₁, β₂), each in [0, 1).   eps: ε ≥ 0.   weight_decay: λ ≥ 0.
         foreach, maximize: as in torch.optim.
         fused: the native CPU kernels: None (default) where they apply and ``foreach`` is not set,
             True required, False never (see `reltrust.optim.Fromage`). Pass 1 updates m and v and
@@ -75,7 +76,7 @@ class LAMB(LayerwiseOptimizer):
 
     @staticmethod
     def _check_hyperparameters(group: dict[str, Any]) -> None:
-        check_float("lr", group["lr"], 0.0)
+        check_lr(group["lr"])
         betas = group["betas"]
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise ValueError(f"Invalid betas: {betas!r}; expected a pair (beta1, beta2)")
@@ -84,9 +85,17 @@ class LAMB(LayerwiseOptimizer):
         check_float("eps", group["eps"], 0.0)
         check_float("weight_decay", group["weight_decay"], 0.0)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # a step count saved as a plain number (older or hand-edited checkpoints) becomes the 0-dim
+        # tensor counter the step adds to, as torch's Adam converts it
+        for p, s in self.state.items():
+            if "step" in s and not torch.is_tensor(s["step"]):
+                s["step"] = step_state(p, s["step"])
+
     def _init_state(self, group: dict[str, Any], p: torch.Tensor, state: dict[str, Any]) -> None:
         if "step" not in state:
-            state["step"] = scalar_state(p, 0.0)
+            state["step"] = step_state(p)
             state["exp_avg"] = state_zeros(p)
             state["exp_avg_sq"] = state_zeros(p)
 
@@ -98,7 +107,7 @@ class LAMB(LayerwiseOptimizer):
             b.state_list("exp_avg"),
             b.state_list("exp_avg_sq"),
             [s["step"] for s in b.states],
-            lr=float(group["lr"]),
+            lr=scalar_arg(group["lr"], b.params[0]),  # a Python float, or a 0-dim tensor (no host read)
             beta1=beta1,
             beta2=beta2,
             eps=float(group["eps"]),
@@ -172,7 +181,7 @@ def lamb_update(
     exp_avg_sqs: list[torch.Tensor],
     steps: list[torch.Tensor],
     *,
-    lr: float,
+    lr: float | torch.Tensor,
     beta1: float = 0.9,
     beta2: float = 0.999,
     eps: float = 1e-6,
@@ -184,11 +193,12 @@ def lamb_update(
     fused: bool | None = None,
 ) -> None:
     """Functional LAMB step over same-device, same-dtype tensors (see `LAMB` for the rule). `fused`:
-    as in `LAMB` (None: native kernels for the tensors they take, the torch path for the others)."""
+    as in `LAMB` (None: native kernels for the tensors they take, the torch path for the others);
+    `lr`: as in `fromage_update`."""
     like = like if like is not None else params
     native = _native.route(fused, params, grads, exp_avgs, exp_avg_sqs)
     if native is not None:
-        rule = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, trust_ratio=trust_ratio,
+        rule = dict(lr=float(lr), beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, trust_ratio=trust_ratio,
                     maximize=maximize)
         if len(native) == len(params):
             return _lamb_native(params, grads, exp_avgs, exp_avg_sqs, steps, like=like, **rule)
@@ -244,7 +254,7 @@ def lamb_update(
         ratio = tr.trust_ratio(tr.norms(params, like=like, foreach=foreach), update_norm)
         coef = ratio.mul_(-lr)
     else:
-        coef = torch.full_like(t, -lr)
+        coef = filled(t, -lr)
     piece_coef = per_tensor(coef.index_select(0, owner))
     for j, (start, block) in enumerate(zip(starts, blocks)):
         u = kept[j] if kept else directions(start, block)

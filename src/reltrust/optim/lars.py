@@ -8,7 +8,8 @@ import torch
 from reltrust.optim import _native
 from reltrust.optim import trust_ratio as tr
 from reltrust.optim._base import (
-    Bucket, LayerwiseOptimizer, cache_blocks, check_flag, check_float, fused_choice, ops, per_tensor, state_zeros,
+    Bucket, LayerwiseOptimizer, cache_blocks, check_flag, check_float, check_lr, filled, fused_choice, ops, per_tensor,
+    scalar_arg, state_zeros,
 )
 
 
@@ -29,7 +30,10 @@ class LARS(LayerwiseOptimizer):
     tensor's whole step (and its buffer) NaN, so that divergence is seen, as in `Fromage`.
 
     Args:
-        lr: η (≥ 0), the global learning rate; with κ = 0.001 typical values are 1–20 for large batches.
+        lr: η (≥ 0), the global learning rate, 1 by default (so that with κ = 0.001 and μ = 0.9 each
+            layer moves by about 1 % of its norm per step, Fromage's default); typical values are
+            1–20 for large batches. A default, as torch's SGD has, lets every param group set its own.
+            A number or a one-element tensor (see `Fromage`).
         momentum: μ in [0, 1).
         weight_decay: λ ≥ 0, added to the direction and to the ratio's denominator.
         trust_coefficient: κ > 0.
@@ -59,7 +63,7 @@ class LARS(LayerwiseOptimizer):
     def __init__(
         self,
         params,
-        lr: float,
+        lr: float = 1.0,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         trust_coefficient: float = 0.001,
@@ -80,7 +84,7 @@ class LARS(LayerwiseOptimizer):
 
     @staticmethod
     def _check_hyperparameters(group: dict[str, Any]) -> None:
-        check_float("lr", group["lr"], 0.0)
+        check_lr(group["lr"])
         check_float("momentum", group["momentum"], 0.0, 1.0)
         check_float("weight_decay", group["weight_decay"], 0.0)
         check_float("trust_coefficient", group["trust_coefficient"], 0.0, low_open=True)
@@ -98,7 +102,7 @@ class LARS(LayerwiseOptimizer):
             b.params,
             b.grads,
             b.state_list("momentum_buffer") if group["momentum"] > 0 else None,
-            lr=float(group["lr"]),  # any real number type (check_float) as a Python float
+            lr=scalar_arg(group["lr"], b.params[0]),  # a Python float, or a 0-dim tensor (no host read)
             momentum=float(group["momentum"]),
             weight_decay=float(group["weight_decay"]),
             trust_coefficient=float(group["trust_coefficient"]),
@@ -119,7 +123,7 @@ def lars_update(
     grads: list[torch.Tensor],
     momentum_buffers: list[torch.Tensor] | None,
     *,
-    lr: float,
+    lr: float | torch.Tensor,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     trust_coefficient: float = 0.001,
@@ -136,14 +140,14 @@ def lars_update(
     """Functional LARS step over same-device, same-dtype tensors (see `LARS` for the rule).
 
     `fused`, `weight_norm`, `return_weight_norm`: as in `fromage_update` (the last two on the native
-    path for all tensors only; else None)."""
+    path for all tensors only; else None). `lr`: as in `fromage_update`."""
     like = like if like is not None else params
     if momentum != 0 and momentum_buffers is None:
         raise ValueError("lars_update: momentum > 0 needs momentum_buffers")
     bufs = momentum_buffers if momentum != 0 else None
     native = _native.route(fused, params, grads, bufs)
     if native is not None:
-        rule = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps,
+        rule = dict(lr=float(lr), momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps,
                     nesterov=nesterov, trust_ratio=trust_ratio, maximize=maximize)
         if len(native) == len(params):
             return _lars_native(params, grads, bufs, like=like, weight_norm=weight_norm,
@@ -159,7 +163,7 @@ def lars_update(
             weight_norm, grad_norm, coefficient=trust_coefficient, weight_decay=weight_decay, eps=eps
         ).mul_(lr)
     else:
-        step = torch.full((len(params),), lr, dtype=params[0].dtype, device=params[0].device)
+        step = filled(torch.empty(len(params), dtype=params[0].dtype, device=params[0].device), lr)
     grad_step = -step if maximize else step  # η·r·(±1), the coefficient of g in the direction
     neg_grad_step = per_tensor(-grad_step)
     shrink = per_tensor(1.0 - step * weight_decay) if weight_decay else None  # 1 − η·r·λ

@@ -397,15 +397,17 @@ int rt_lerp_norms(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int
     return 0;
 }
 
-/* p ← (p + u·coef[t])·c ; newnorm (optional): ‖p‖ after the update. */
+/* p ← (p + u·coef[t])·c ; newnorm (optional): ‖p‖ after the update. unorm (optional): the tensors'
+ * (reduced) ‖u‖; one whose ‖u‖ is exactly 0 is left as it is (c = 1: its step is zero). */
 int rt_fromage_update(int n, const int64_t *p_ptrs, const int64_t *u_ptrs, const int64_t *sizes, const int32_t *sel,
-                      int nsel, const float *coef, float c, float *newnorm, int nthreads) {
+                      int nsel, const float *coef, float c, const float *unorm, float *newnorm, int nthreads) {
     spans_t sp = make_spans(n, sizes, sel, nsel);
     double *partial = new_partial(sp, 1);
 #pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
     for (int64_t s = 0; s < sp.n; s++) {
         const span_t x = sp.s[s];
-        partial[s] = span_fromage(PTR(p_ptrs, x.t, x.lo), PTR(u_ptrs, x.t, x.lo), coef[x.t], c, x.hi - x.lo,
+        const float ct = unorm && unorm[x.t] == 0.0f ? 1.0f : c;
+        partial[s] = span_fromage(PTR(p_ptrs, x.t, x.lo), PTR(u_ptrs, x.t, x.lo), coef[x.t], ct, x.hi - x.lo,
                                   newnorm != NULL);
     }
     float *outs[1] = {newnorm};
@@ -503,8 +505,9 @@ int rt_lamb_pass2(int n, const int64_t *p_ptrs, const int64_t *m_ptrs, const int
     }               \
     }
 
-/* Fromage on small tensors: norms (with m ← lerp(m, g, w) if m_ptrs), r, p ← (p + u·(r·lr_signed))·c.
- * wnorm_in (optional): known ‖W‖, then W is not read for it. Writes ‖W‖, ‖u‖ and (optional) ‖W_new‖. */
+/* Fromage on small tensors: norms (with m ← lerp(m, g, w) if m_ptrs), r, p ← (p + u·(r·lr_signed))·c,
+ * with c = 1 for a tensor whose ‖u‖ is exactly 0 (left as it is). wnorm_in (optional): known ‖W‖, then
+ * W is not read for it. Writes ‖W‖, ‖u‖ and (optional) ‖W_new‖. */
 int rt_fromage_blocked(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *m_ptrs,
                        const int64_t *sizes, const int32_t *sel, int nsel, float w, float lr_signed, float c,
                        const float *wnorm_in, float *wnorm, float *unorm, float *newnorm, int nthreads) {
@@ -526,11 +529,11 @@ int rt_fromage_blocked(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, cons
         sums[1] += part[1];
     }
     const float wn = wnorm_in ? wnorm_in[t] : (float)sqrt(sums[0]), un = (float)sqrt(sums[1]);
-    const float k = trust_ratio1(wn, un, rh) * lr_signed;
+    const float k = trust_ratio1(wn, un, rh) * lr_signed, ct = un == 0.0f ? 1.0f : c;
     const int64_t *u_ptrs = m_ptrs ? m_ptrs : g_ptrs;
     double nn = 0;
     for (int64_t s = 0; s < nsp; s++)
-        nn += span_fromage(PTR(p_ptrs, t, SPAN_LO(s)), PTR(u_ptrs, t, SPAN_LO(s)), k, c, SPAN_LEN(size, s),
+        nn += span_fromage(PTR(p_ptrs, t, SPAN_LO(s)), PTR(u_ptrs, t, SPAN_LO(s)), k, ct, SPAN_LEN(size, s),
                            newnorm != NULL);
     wnorm[t] = wn;
     unorm[t] = un;
@@ -692,6 +695,7 @@ int rt_fromage_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, cons
     groups_t G = make_groups(n, sizes, sel, nsel, group_elems);
     double *partial = new_partial(G.sp, 2), *npart = new_partial(G.sp, 1);
     float *coef = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    float *cs = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n : 1)); /* c, or 1 where ‖u‖ = 0 */
     const ratio_hp_t rh = {1.0f, 0.0f, 0.0f};
     const int64_t *u_ptrs = m_ptrs ? m_ptrs : g_ptrs;
 #pragma omp parallel num_threads(threads_for(G.sp.n, nthreads))
@@ -720,15 +724,17 @@ int rt_fromage_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, cons
             wnorm[t] = wn;
             unorm[t] = un;
             coef[t] = trust_ratio1(wn, un, rh) * lr_signed;
+            cs[t] = un == 0.0f ? 1.0f : c;
         }
         for (int64_t s = b - 1; s >= a; s--) {
             const span_t x = G.sp.s[s];
-            npart[s] = span_fromage(PTR(p_ptrs, x.t, x.lo), PTR(u_ptrs, x.t, x.lo), coef[x.t], c, x.hi - x.lo,
+            npart[s] = span_fromage(PTR(p_ptrs, x.t, x.lo), PTR(u_ptrs, x.t, x.lo), coef[x.t], cs[x.t], x.hi - x.lo,
                                     newnorm != NULL);
         }
     }
     float *outs[1] = {newnorm};
     finish_norms(n, sel, nsel, G.sp, npart, 1, outs);
+    free(cs);
     free(coef);
     free(npart);
     free(partial);
@@ -863,5 +869,5 @@ int rt_trust_ratio(int n, const float *w, const float *u, float coefficient, flo
     return 0;
 }
 
-int rt_abi_version(void) { return 3; }
+int rt_abi_version(void) { return 4; }
 """
