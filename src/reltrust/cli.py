@@ -1,6 +1,6 @@
 """`reltrust …`: the command line. Thin: it parses arguments and calls the library.
 
-Each subcommand has one `_add_<name>` function that declares its arguments and points at the
+What `reltrust --help` says to a user is `DESCRIPTION` and `EPILOG` below. Each subcommand has one `_add_<name>` function that declares its arguments and points at the
 function that runs it; the work itself lives in `reltrust.trust` and `reltrust.workbench`.
 
 A usage error is one line on stderr (``reltrust CMD: error: argument --X: …``), exit status 2. Output
@@ -10,8 +10,48 @@ for any program killed by SIGPIPE.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
+
+DESCRIPTION = (
+    "Measure how far a network moved and reproduce the Fromage, LARS/LAMB and RAdam papers' claims on a CPU."
+)
+EPILOG = """examples:
+  reltrust distance before.pt after.pt          per-layer relative change and deep relative trust
+  reltrust reproduce --list                     the studies, with their sizes and times
+  reltrust reproduce depth --quick              one study in minutes: results, figures, report
+  reltrust bench --quick --optimizer mypkg.optim:MyOpt --optimizer adam
+                                                your optimiser against others, one tuning protocol
+
+The optimisers themselves are a library: from reltrust import Fromage, LARS, LAMB.
+The workbench commands (reproduce, run, bench) need: pip install 'reltrust[workbench]'."""
+
+#: What the workbench imports for every command (figures, progress bars); each data set's package
+#: is checked by its own loader, which names it.
+WORKBENCH_MODULES = ("matplotlib", "tqdm")
+
+
+def _require_workbench(command: str) -> None:
+    """Exit 2 with the install command when the workbench extra is missing (before anything runs)."""
+    missing = [m for m in WORKBENCH_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        sys.stderr.write(
+            f"reltrust {command}: needs the workbench extra (missing: {', '.join(missing)}): "
+            "pip install 'reltrust[workbench]'\n"
+        )
+        raise SystemExit(2)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("reltrust")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        from reltrust import __version__
+
+        return __version__
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,6 +91,7 @@ def _add_study_command(sub: argparse._SubParsersAction, name: str, help: str, qu
     getattr(workbench_cli, f"add_{name}_arguments")(p)
 
     def run(args: argparse.Namespace) -> int:
+        _require_workbench(name)
         from reltrust.workbench import cli as workbench_cli
 
         return getattr(workbench_cli, f"{name}_command")(args)
@@ -81,6 +122,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # seconds-long tasks for the tests
 
     def run(args: argparse.Namespace) -> int:
+        _require_workbench("bench")
         from reltrust.workbench.bench import command
 
         return command(args)
@@ -89,8 +131,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="reltrust", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="reltrust", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"reltrust {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_distance(sub)
     _add_study_command(sub, "reproduce", "run one study of the papers and write its results, figures and report",
                        "the scaled-down grid that finishes in minutes on 2 cores")
