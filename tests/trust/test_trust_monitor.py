@@ -45,6 +45,29 @@ def reference(record, names):
     return np.array(rel), np.array(dn), np.array(nrm)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["native", "torch"])
+def test_native_and_torch_passes_record_the_same_float32_norms(mlp, batch, fused, monkeypatch):
+    """float32 CPU layers take the native kernels' fused passes (copy-and-norm, difference-norm) where
+    they are built; with them refused, the multi-tensor ops. Both match the float64 reference to
+    float32 rounding, across a flush of the device buffer (flush_every=2, 5 steps)."""
+    from reltrust.optim import _native
+
+    if not fused:
+        monkeypatch.setattr(_native, "supported", lambda *a: False)
+    elif not _native.available():
+        pytest.skip("native kernels unavailable")
+    model = mlp(3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    mon = TrustMonitor(opt, model, every=0, flush_every=2)
+    assert mon._fused is fused
+    record = []
+    train(model, opt, batch(), 5, record)
+    rel, dn, nrm = reference(record, mon.layers)
+    np.testing.assert_allclose(mon.update_norm.numpy(), dn, rtol=2e-6)
+    np.testing.assert_allclose(mon.norm.numpy(), nrm, rtol=2e-6)
+    np.testing.assert_allclose(mon.relative_update.numpy(), rel, rtol=4e-6)
+
+
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, 2e-6), (torch.float64, 1e-12)])
 def test_plain_sgd_relative_update_is_exact(mlp, batch, dtype, rtol):
     model = mlp(3, dtype=dtype)

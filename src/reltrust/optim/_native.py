@@ -226,6 +226,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "rt_lars_grouped": [I, P, P, P, P, P, I, L, F, F, F, F, I, F, I, P, P, P, P, I],
         "rt_lamb_grouped": [I, P, P, P, P, P, P, I, L, P, P, F, F, F, F, F, I, F, P, P, I],
         "rt_count_steps": [I, P, P],
+        "rt_snapshot_norms": [I, I, P, P, P, P, I],
         "rt_trust_ratio": [I, P, P, F, F, F, P],
     }
     for name, argtypes in sig.items():
@@ -424,6 +425,22 @@ def norms(*lists: Sequence[torch.Tensor], sel: array | None = None, out: Sequenc
     _lib.rt_norms(n, len(lists), _addr(ptrs), _addr(sizes), _addr(sel), _n(sel, 0), _addr(out_ptrs),
                   torch.get_num_threads())
     return outs
+
+
+def snapshot_norms(dst, src, out: torch.Tensor) -> torch.Tensor:
+    """dst_i ← src_i, out_i = ‖src_i‖ in the same pass (aligned lists of contiguous float32 CPU
+    tensors); the monitor's snapshot before a step."""
+    dp, sp, sizes = _ptrs(dst), _ptrs(src), _sizes(dst)  # named: the arrays must outlive the call
+    _lib.rt_snapshot_norms(len(dst), 0, _addr(dp), _addr(sp), _addr(sizes), _p(out), torch.get_num_threads())
+    _bump(dst)
+    return out
+
+
+def difference_norms(a, b, out: torch.Tensor) -> torch.Tensor:
+    """out_i = ‖a_i − b_i‖, the difference never written (the monitor's update norms after a step)."""
+    ap, bp, sizes = _ptrs(a), _ptrs(b), _sizes(a)
+    _lib.rt_snapshot_norms(len(a), 1, _addr(ap), _addr(bp), _addr(sizes), _p(out), torch.get_num_threads())
+    return out
 
 
 def lerp_norms(params, grads, bufs, weight: float, pnorm: torch.Tensor | None, mnorm: torch.Tensor, *,

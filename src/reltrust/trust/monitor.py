@@ -17,10 +17,13 @@ estimate from below; relative error ~1e-6 to 1e-3 on MLPs in training, and far b
 iteration when the top singular values are close, as they are at random initialisation), or exactly
 with ``spectral="exact"``, or not at all with ``every=0``.
 
-Cost per step: one multi-tensor copy of the selected layers, one subtraction and two
-``torch._foreach_norm`` calls (float32, or float64 for float64 parameters); no host transfer: the
-results stay tensors on the parameters' device and are moved to the host `flush_every` steps at a
-time (and when read). ‖W‖ = 0 gives inf or nan relative updates (IEEE division), which CSV keeps
+Cost per step: a snapshot of the selected layers before the step and ‖W‖ of it, ‖W_after − snapshot‖
+after it. For contiguous float32 CPU layers on the native kernels (`reltrust.optim._native`) these
+are two fused passes — copy-and-norm, then difference-norm without writing the difference (about 4
+bytes read or written per element and pass fewer than the multi-tensor ops), one call each; elsewhere
+a multi-tensor copy, one subtraction and two ``torch._foreach_norm`` calls (float32, or float64 for
+float64 parameters). No host transfer: the results are written into a buffer on the parameters'
+device and moved to the host `flush_every` steps at a time (and when read). ‖W‖ = 0 gives inf or nan relative updates (IEEE division), which CSV keeps
 and JSON writes as null. The monitor never draws from the global random generator (its Lanczos start
 vectors come from a private one), so it does not change the training's random stream.
 
@@ -47,6 +50,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reltrust.optim import _native
 from reltrust.optim.trust_ratio import is_dtensor, local, norms
 from reltrust.trust.distance import Patterns, _compile, _selected
 
@@ -125,11 +129,16 @@ class TrustMonitor:
         self._snap = [torch.empty_like(t, memory_format=torch.preserve_format) for t in self._locals]
         self._vectors: list[torch.Tensor | None] = [None] * len(self._params)
         self._gen = torch.Generator().manual_seed(0)  # private: start vectors never touch the global RNG
-        self._pre_norms: torch.Tensor | None = None
+        # the native kernels' fused passes where they apply: one device, plain float32 CPU tensors
+        self._fused = (self._device.type == "cpu" and self._one_device and not any(map(is_dtensor, self._params))
+                       and _native.supported(self._locals) and _native.available())
+        # per step a row (‖W‖ before, ‖ΔW‖) of this buffer, moved to the host when full
+        self._buf = torch.empty(flush_every, 2, len(self._params), dtype=self._norm_dtype, device=self._device)
+        self._snapped = False  # the pre-hook ran and its step's post-hook has not
 
         self._step = 0
         self._steps: list[int] = []
-        self._pending: list[torch.Tensor] = []
+        self._pending = 0  # rows of _buf filled
         self._chunks: list[torch.Tensor] = []
         self._spectral_steps: list[int] = []
         self._spectral_pending: list[torch.Tensor] = []
@@ -142,24 +151,33 @@ class TrustMonitor:
 
     @torch.no_grad()
     def _pre_hook(self, optimizer, args, kwargs) -> None:
-        torch._foreach_copy_(self._snap, self._locals)
-        # the norm right after the copy, while the snapshot is still in cache
-        self._pre_norms = self._norms()
+        row = self._buf[self._pending]
+        if self._fused:
+            _native.snapshot_norms(self._snap, self._locals, row[0])
+        else:
+            torch._foreach_copy_(self._snap, self._locals)
+            # the norm right after the copy, while the snapshot is still in cache
+            row[0].copy_(self._norms())
+        self._snapped = True
 
     @torch.no_grad()
     def _post_hook(self, optimizer, args, kwargs) -> None:
-        if self._pre_norms is None:  # attached between a pre- and a post-hook: nothing to compare
+        if not self._snapped:  # attached between a pre- and a post-hook: nothing to compare
             return
-        torch._foreach_sub_(self._snap, self._locals)  # the snapshot now holds −ΔW
-        row = torch.cat([self._pre_norms, self._norms()])
-        self._pre_norms = None
+        row = self._buf[self._pending]
+        if self._fused:
+            _native.difference_norms(self._locals, self._snap, row[1])
+        else:
+            torch._foreach_sub_(self._snap, self._locals)  # the snapshot now holds −ΔW
+            row[1].copy_(self._norms())
+        self._snapped = False
         self._step += 1
         self._steps.append(self._step)
-        self._pending.append(row)
+        self._pending += 1
         if self.every and (self._step == 1 or self._step % self.every == 0):
             self._spectral_steps.append(self._step)
             self._spectral_pending.append(self._top_singular_values())
-        if len(self._pending) >= self.flush_every:
+        if self._pending >= self.flush_every:
             self._flush()
 
     def _norms(self) -> torch.Tensor:
@@ -189,8 +207,8 @@ class TrustMonitor:
 
     def _flush(self) -> None:
         if self._pending:
-            self._chunks.append(torch.stack(self._pending).to("cpu", torch.float64))
-            self._pending = []
+            self._chunks.append(self._buf[: self._pending].to("cpu", torch.float64, copy=True).flatten(1))
+            self._pending = 0
         if self._spectral_pending:
             self._spectral_chunks.append(torch.stack(self._spectral_pending).to("cpu", torch.float64))
             self._spectral_pending = []
@@ -200,7 +218,7 @@ class TrustMonitor:
     def attach(self) -> None:
         """Register the hooks again after `detach` (no-op when attached); step numbers continue."""
         if not self._handles:
-            self._pre_norms = None
+            self._snapped = False
             self._handles = [self._optimizer.register_step_pre_hook(self._pre_hook),
                              self._optimizer.register_step_post_hook(self._post_hook)]
 

@@ -378,6 +378,38 @@ int rt_norms(int n, int k, const int64_t *ptrs, const int64_t *sizes, const int3
     return 0;
 }
 
+/* The training monitor's two passes (reltrust.trust.TrustMonitor): before a step, dst ← src with
+ * ‖src‖ in the same pass; after it, ‖a − b‖ without writing the difference. */
+static double span_copy_sumsq(float *restrict dst, const float *restrict src, int64_t len) {
+    double s = 0;
+    NORM_LOOP(len, s, r = src[i]; dst[i] = r);
+    return s;
+}
+
+static double span_diff_sumsq(const float *restrict a, const float *restrict b, int64_t len) {
+    double s = 0;
+    NORM_LOOP(len, s, r = a[i] - b[i]);
+    return s;
+}
+
+/* mode 0: dst ← src, norm[t] = ‖src_t‖;  mode 1: norm[t] = ‖dst_t − src_t‖ (nothing written). */
+int rt_snapshot_norms(int n, int mode, const int64_t *dst_ptrs, const int64_t *src_ptrs, const int64_t *sizes,
+                      float *norm, int nthreads) {
+    spans_t sp = make_spans(n, sizes, NULL, 0);
+    double *partial = new_partial(sp, 1);
+#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
+    for (int64_t s = 0; s < sp.n; s++) {
+        const span_t x = sp.s[s];
+        partial[s] = mode == 0 ? span_copy_sumsq(PTR(dst_ptrs, x.t, x.lo), PTR(src_ptrs, x.t, x.lo), x.hi - x.lo)
+                               : span_diff_sumsq(PTR(dst_ptrs, x.t, x.lo), PTR(src_ptrs, x.t, x.lo), x.hi - x.lo);
+    }
+    float *outs[1] = {norm};
+    finish_norms(n, NULL, 0, sp, partial, 1, outs);
+    free(partial);
+    free(sp.s);
+    return 0;
+}
+
 /* m ← lerp(m, g, w), and the norms of p (if pnorm) and of the new m. */
 int rt_lerp_norms(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *m_ptrs, const int64_t *sizes,
                   const int32_t *sel, int nsel, float w, float *pnorm, float *mnorm, int nthreads) {
