@@ -85,6 +85,21 @@ def test_linear_warmup_stepped_per_optimiser_step_is_lr_min_1_t_over_n():
     assert lrs == pytest.approx([0.5 * t / 4 for t in (1, 2, 3, 4)] + [0.5, 0.5])
 
 
+def test_untuned_warmup_is_two_over_one_minus_beta2_and_runs_as_a_linear_warmup():
+    assert warmup.untuned_warmup(0.999) == 2000 and warmup.untuned_warmup(0.98) == 100
+    m = warmup.Method("untuned", warmup.untuned_warmup(0.98))
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=1e-3)
+    f = m.fields(0.98)
+    sched = build_scheduler(opt, f["schedule"], 1000, **f["schedule_kwargs"])
+    lrs = []
+    for _ in range(150):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([1e-3 * min(1.0, t / 100) for t in range(1, 151)])
+
+
 def test_quick_and_full_grids_hold_what_the_issue_asks():
     for size, n_seeds in (("quick", 2), ("full", 3)):
         specs = warmup.STUDY.grid(size == "quick")

@@ -428,12 +428,6 @@ def _tables(rep: Report, table: Table) -> None:
         rep.table(["method"] + [f"η = {fmt_lr(lr)}" for lr in lrs], rows)
 
 
-def _steps_per_epoch(r: Record) -> int:
-    if r.spec.task == "charlm":
-        return int(r.spec.kwargs("task").get("steps_per_epoch", 100))
-    return -(-int(r.info["n_train"]) // r.spec.batch_size)
-
-
 def _nan_if_not_finite(x: Any) -> float:
     return float(x) if x is not None and math.isfinite(float(x)) else math.nan
 
@@ -454,7 +448,7 @@ def _figures(table: Table, out_dir: Path) -> list[tuple[Path, str]]:
                         continue
                     runs = [[_nan_if_not_finite(h[f"{split}_loss"]) for h in r.history] for r in c.records]
                     longest = max(c.records, key=lambda r: len(r.history))
-                    lines[m.label] = ([h["epoch"] * _steps_per_epoch(longest) for h in longest.history], runs)
+                    lines[m.label] = ([h["step"] for h in longest.history], runs)
                     initial += [v[0] for v in runs]
                     lowest += [x for v in runs for x in v if not math.isnan(x)]
                 panels[f"{split} loss, η = {fmt_lr(lr)}"] = lines
