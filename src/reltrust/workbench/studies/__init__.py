@@ -18,6 +18,7 @@ STUDIES = {
     "trust": "reltrust.workbench.studies.trust",
     "lr-robustness": "reltrust.workbench.studies.lr_robustness",
     "variance": "reltrust.workbench.studies.variance",
+    "warmup": "reltrust.workbench.studies.warmup",
 }
 
 
