@@ -18,6 +18,7 @@ STUDIES = {
     "trust": "reltrust.workbench.studies.trust",
     "lr-robustness": "reltrust.workbench.studies.lr_robustness",
     "variance": "reltrust.workbench.studies.variance",
+    "large-batch": "reltrust.workbench.studies.large_batch",
 }
 
 
