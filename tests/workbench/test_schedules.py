@@ -22,6 +22,13 @@ CASES = [
     # 2 warmup units, then cosine over the remaining 4 down to 0.1
     ("cosine", {"warmup": 2, "min_factor": 0.1}, 6, 1.0,
      [0.5, 1.0, 1.0, 0.1 + 0.9 * 0.8535533905932737, 0.55, 0.1 + 0.9 * 0.14644660940672627]),
+    # linear decay over T = 4: 1 - t/4
+    ("poly", {}, 4, 0.8, [0.8, 0.6, 0.4, 0.2]),
+    # LAMB's shape: warmup 1/4 of T = 8 (2 units), then (1 - s/6)^2 over the remaining 6
+    ("poly", {"warmup_fraction": 0.25, "power": 2}, 8, 1.0,
+     [0.5, 1.0, 1.0, 25 / 36, 16 / 36, 9 / 36, 4 / 36, 1 / 36]),
+    # a warmup fraction rounds up: 0.1 of 15 units is 2 warmup units
+    ("constant", {"warmup_fraction": 0.1}, 15, 1.0, [0.5, 1.0, 1.0]),
 ]
 
 
@@ -45,6 +52,18 @@ def test_unknown_arguments_fail_before_training():
         build_scheduler(opt, "exponential", 3, step_size=2)
     with pytest.raises(ValueError):
         build_scheduler(opt, "warmup", 3)  # warmup needs its length
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"warmup_fraction": 1.0}, r"warmup_fraction must be in \[0, 1\) \(got 1.0\)"),
+    ({"warmup_fraction": -0.1}, r"warmup_fraction must be in \[0, 1\)"),
+    ({"warmup_fraction": 0.1, "warmup": 2}, "give warmup or warmup_fraction, not both"),
+    ({"power": 0}, r"power must be > 0 \(got 0.0\)"),
+])
+def test_poly_and_warmup_fraction_reject_bad_arguments(kwargs, message):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ValueError, match=message):
+        build_scheduler(opt, "poly", 10, **kwargs)
 
 
 def test_fit_records_the_lr_of_each_epoch(tiny_spec):

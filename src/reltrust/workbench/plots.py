@@ -5,6 +5,8 @@
   an optional horizontal reference (chance level) and markers for diverged/crashed points.
 - `lr_sensitivity`: a final metric against the learning rate (log axis), one panel per optimiser.
 - `step_profiles`: step functions on one axis (performance profiles: the fraction of tasks against τ).
+- `scaling`: steps to a target against the batch size on log–log axes, one panel per task, with each
+  line's perfect-scaling reference (steps ∝ 1/batch from its smallest batch).
 
 A band is min–max over seeds (``band="minmax"``, default) or mean ± one standard deviation (``"std"``);
 the line is the mean. With one seed there is no band, and the figure's caption should say so. Every
@@ -234,3 +236,30 @@ def step_profiles(
     ax.set_ylim(-0.03, 1.03)
     _label_axes(ax, title, xlabel, ylabel, None, "")
     return _finish(fig, None, path)
+
+
+def scaling(
+    panels: Mapping[str, Mapping[str, Mapping[float, float]]],
+    path: str | os.PathLike,
+    *,
+    xlabel: str,
+    ylabel: str,
+    suptitle: str | None = None,
+) -> Path:
+    """`panels`: panel title → {line label → {batch size → steps}} (an ∞ is left out of the line),
+    log–log. Each line gets a dotted reference in its colour through its smallest-batch point with
+    slope −1: perfect scaling, the steps halving with every doubling of the batch."""
+    fig, axes = _grid(len(panels))
+    for ax, (title, lines) in zip(axes, panels.items()):
+        for i, (label, points) in enumerate(lines.items()):
+            xs = [x for x in sorted(points) if math.isfinite(points[x])]
+            if not xs:
+                continue
+            c = _color(label, i)
+            ax.plot(xs, [points[x] for x in xs], marker="o", ms=3, color=c, label=label)
+            ends = [xs[0], max(points)]
+            ax.plot(ends, [points[xs[0]] * xs[0] / x for x in ends], ls=":", lw=1, color=c)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _label_axes(ax, title, xlabel, ylabel, None, "")
+    return _finish(fig, suptitle, path)

@@ -11,11 +11,15 @@ The learning rate at schedule time t (t = 0, 1, 2, … counts epochs or optimise
 | `robbins_monro` | b / (b + t), i.e. lr_t = a/(b + t) with a = lr · b | b (1.0)                        |
 | `warmup`        | constant after the warmup below                    | warmup (required, > 0)         |
 | `cosine`        | m + (1 − m) · (1 + cos(π · t / T)) / 2             | min_factor m (0), T = total    |
+| `poly`          | (1 − t / T) ** power  (LAMB's polynomial decay)    | power (1.0), T = total         |
 
 Every schedule also takes `warmup` (default 0): for t < warmup the factor is (t + 1) / warmup (linear,
-never exactly 0), after which the schedule above runs on the shifted time t − warmup (for cosine, over
-the remaining T − warmup units). T is the number of units in the run (epochs, or epochs × steps per
-epoch) unless `total` is given.
+never exactly 0), after which the schedule above runs on the shifted time t − warmup (for cosine and
+poly, over the remaining T − warmup units; poly reaches 0 only at t = T, one unit after the run's
+last). Or `warmup_fraction` f in [0, 1) instead: warmup = ⌈f · T⌉ units, so that the warmup is the same
+share of every run whatever its length (LAMB's linear warmup then polynomial decay, You et al. 2020,
+is ``poly`` with a `warmup_fraction`). T is the number of units in the run (epochs, or epochs × steps
+per epoch) unless `total` is given.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ _ALLOWED = {
     "robbins_monro": {"b"},
     "warmup": set(),
     "cosine": {"min_factor", "total"},
+    "poly": {"power", "total"},
 }
 
 
@@ -41,10 +46,19 @@ def lr_factor(schedule: str, t: int, total: int, **kwargs: Any) -> float:
     """The multiplier of the base learning rate at schedule time `t` (pure function; see module doc)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
-    unknown = set(kwargs) - _ALLOWED[schedule] - {"warmup"}
+    unknown = set(kwargs) - _ALLOWED[schedule] - {"warmup", "warmup_fraction"}
     if unknown:
         raise ValueError(f"schedule {schedule!r}: unknown arguments {sorted(unknown)}")
-    warmup = int(kwargs.get("warmup", 0))
+    span_total = int(kwargs.get("total", total))
+    if "warmup_fraction" in kwargs:
+        if "warmup" in kwargs:
+            raise ValueError(f"schedule {schedule!r}: give warmup or warmup_fraction, not both")
+        fraction = float(kwargs["warmup_fraction"])
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"schedule {schedule!r}: warmup_fraction must be in [0, 1) (got {fraction})")
+        warmup = math.ceil(fraction * span_total)
+    else:
+        warmup = int(kwargs.get("warmup", 0))
     if warmup < 0 or (schedule == "warmup" and warmup < 1):
         raise ValueError(f"schedule {schedule!r}: warmup must be >= 1 (got {warmup})")
     if t < warmup:
@@ -64,9 +78,14 @@ def lr_factor(schedule: str, t: int, total: int, **kwargs: Any) -> float:
         if b <= 0:
             raise ValueError("schedule 'robbins_monro': b must be > 0")
         return b / (b + s)
+    span = span_total - warmup
+    if schedule == "poly":
+        power = float(kwargs.get("power", 1.0))
+        if not power > 0:
+            raise ValueError(f"schedule 'poly': power must be > 0 (got {power})")
+        return 1.0 if span <= 0 else (1.0 - min(s, span) / span) ** power
     # cosine
     m = float(kwargs.get("min_factor", 0.0))
-    span = int(kwargs.get("total", total)) - warmup
     if span <= 0:
         return 1.0
     s = min(s, span)

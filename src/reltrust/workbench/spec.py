@@ -28,7 +28,7 @@ from typing import Any
 # match new specs and are rerun instead of silently mixed with new ones.
 PROTOCOL = "reltrust.fit/1"
 
-SCHEDULES = ("constant", "step", "exponential", "robbins_monro", "warmup", "cosine")
+SCHEDULES = ("constant", "step", "exponential", "robbins_monro", "warmup", "cosine", "poly")
 INTERVALS = ("epoch", "step")
 
 _KWARG_FIELDS = ("model_kwargs", "optimizer_kwargs", "schedule_kwargs", "probe", "task_kwargs", "optimizer2_kwargs")

@@ -19,6 +19,7 @@ STUDIES = {
     "lr-robustness": "reltrust.workbench.studies.lr_robustness",
     "variance": "reltrust.workbench.studies.variance",
     "warmup": "reltrust.workbench.studies.warmup",
+    "large-batch": "reltrust.workbench.studies.large_batch",
 }
 
 
