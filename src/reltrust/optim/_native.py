@@ -1,6 +1,7 @@
 """Native CPU kernels for the layerwise optimisers: build on first use, cache, or fall back.
 
-The kernels (`_cpp/kernels_src.py`, plain C + OpenMP, no torch headers) fuse what the torch path does
+The kernels (`_cpp/kernels.c` and `kernels.h`, plain C + OpenMP, no torch headers, shipped as package
+data) fuse what the torch path does
 in several passes: a norm pass (with Fromage's momentum update, or LAMB's moments and direction) and
 one update pass — Fromage's ``p ← (p + coef·u)·c`` (20 B/element in all, against 28), LARS's buffer
 and weight update, LAMB's weight update — each optionally also returning the norm of the new weights
@@ -45,14 +46,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import re
 import threading
 from array import array
 from collections.abc import Sequence
+from contextlib import ExitStack
+from importlib import resources
 
 import torch
 
 from reltrust.optim.trust_ratio import sharded_indices
-from reltrust.optim._cpp.kernels_src import SOURCE
+
+_SOURCES = resources.files("reltrust.optim._cpp")
 
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno",
           "-std=c11"]
@@ -60,7 +65,17 @@ _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-ffp-contract
 #: EPYC with AVX-512) the streaming passes ran faster so in 14 of 15 interleaved comparisons of
 #: whole steps (Fromage, LARS, LAMB; one 4096² matrix and GPT-2 shapes), by up to 20 %.
 _X86_FLAGS = ["-mprefer-vector-width=256"]
-_ABI = 4
+
+
+def _read_abi(header: str) -> int:
+    """RT_ABI_VERSION as kernels.h defines it: the one place the ABI version is written."""
+    found = re.search(r"^#define RT_ABI_VERSION (\d+)$", header, re.M)
+    if found is None:
+        raise RuntimeError("reltrust.optim._cpp/kernels.h does not define RT_ABI_VERSION")
+    return int(found.group(1))
+
+
+_ABI = _read_abi(_SOURCES.joinpath("kernels.h").read_text())
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _reason = "not built yet"
@@ -118,29 +133,32 @@ def _build(cc: str) -> tuple[str, bool, str | None]:
     tries = [_FLAGS, [f for f in _FLAGS if f != "-march=native"]]
     if platform.machine().lower() in ("x86_64", "amd64"):
         tries.insert(0, _FLAGS + _X86_FLAGS)
-    for flags in tries:
-        key = hashlib.sha256("\0".join([SOURCE, " ".join(flags), version, _cpu_id()]).encode()).hexdigest()[:16]
-        stem = os.path.join(directory, f"reltrust_kernels_{key}_")
-        for cached in sorted(glob.glob(glob.escape(stem) + "*.so")):
-            if _digest(cached) == cached[len(stem):-3]:
-                return cached, False, discarded
-            discarded = "its bytes do not match the digest in its name (truncated or corrupted)"
-            _remove(cached)
-        fd, tmp_src = tempfile.mkstemp(suffix=".c", dir=directory)
-        with os.fdopen(fd, "w") as f:
-            f.write(SOURCE)
-        tmp_so = tmp_src[:-2] + ".so"
-        try:
-            proc = subprocess.run([cc, *flags, tmp_src, "-o", tmp_so, "-lm"], capture_output=True, text=True,
-                                  timeout=120)
-            if proc.returncode == 0:
-                target = f"{stem}{_digest(tmp_so)}.so"
-                os.replace(tmp_so, target)
-                return target, True, discarded
-            errors.append(proc.stderr.strip()[-1000:])
-        finally:
-            for path in (tmp_src, tmp_so):
-                _remove(path)
+    source = "\0".join(_SOURCES.joinpath(name).read_text() for name in ("kernels.c", "kernels.h"))
+    with ExitStack() as stack:
+        # the shipped file itself where the package is on disk (compiler messages point into it)
+        c_file = str(stack.enter_context(resources.as_file(_SOURCES.joinpath("kernels.c"))))
+        h_file = str(stack.enter_context(resources.as_file(_SOURCES.joinpath("kernels.h"))))
+        include = ["-I", os.path.dirname(h_file)]
+        for flags in tries:
+            key = hashlib.sha256("\0".join([source, " ".join(flags), version, _cpu_id()]).encode()).hexdigest()[:16]
+            stem = os.path.join(directory, f"reltrust_kernels_{key}_")
+            for cached in sorted(glob.glob(glob.escape(stem) + "*.so")):
+                if _digest(cached) == cached[len(stem):-3]:
+                    return cached, False, discarded
+                discarded = "its bytes do not match the digest in its name (truncated or corrupted)"
+                _remove(cached)
+            fd, tmp_so = tempfile.mkstemp(suffix=".so", dir=directory)
+            os.close(fd)
+            try:
+                proc = subprocess.run([cc, *flags, *include, c_file, "-o", tmp_so, "-lm"], capture_output=True,
+                                      text=True, timeout=120)
+                if proc.returncode == 0:
+                    target = f"{stem}{_digest(tmp_so)}.so"
+                    os.replace(tmp_so, target)
+                    return target, True, discarded
+                errors.append(proc.stderr.strip()[-1000:])
+            finally:
+                _remove(tmp_so)
     raise RuntimeError(f"{cc} failed: {errors[-1]}")
 
 
@@ -468,7 +486,7 @@ def fromage_update(params, directions, coef: torch.Tensor, c: float, newnorm: to
 
 def fromage_blocked(params, grads, bufs, sel: array, *, weight: float, lr_signed: float, c: float,
                     wnorm_in, wnorm, unorm, newnorm) -> None:
-    """Whole Fromage steps of the `sel` tensors, each from cache (see kernels_src: blocked)."""
+    """Whole Fromage steps of the `sel` tensors, each from cache (see kernels.c: blocked)."""
     n = len(params)
     pp, gp, mp, sizes = _ptrs(params), _ptrs(grads), _ptrs(bufs), _sizes(params)
     _lib.rt_fromage_blocked(n, _addr(pp), _addr(gp), _addr(mp), _addr(sizes), _addr(sel), len(sel), weight,
@@ -478,7 +496,7 @@ def fromage_blocked(params, grads, bufs, sel: array, *, weight: float, lr_signed
 
 def fromage_grouped(params, grads, bufs, sel: array, *, group_elems: int, weight: float, lr_signed: float, c: float,
                     wnorm_in, wnorm, unorm, newnorm) -> None:
-    """Fromage steps of the `sel` tensors, group by group (see kernels_src: grouped)."""
+    """Fromage steps of the `sel` tensors, group by group (see kernels.c: grouped)."""
     n = len(params)
     pp, gp, mp, sizes = _ptrs(params), _ptrs(grads), _ptrs(bufs), _sizes(params)
     _lib.rt_fromage_grouped(n, _addr(pp), _addr(gp), _addr(mp), _addr(sizes), _addr(sel), len(sel), group_elems,
@@ -497,7 +515,7 @@ def scale_(params, scale: torch.Tensor) -> None:
 
 def lars_update(params, grads, bufs, grad_step, neg_grad_step, decay_step, shrink, newnorm, *, momentum: float,
                 nesterov: bool, sel: array | None = None) -> None:
-    """LARS's update after the ratio (see kernels_src: span_lars); bufs None: no momentum;
+    """LARS's update after the ratio (see kernels.c: span_lars); bufs None: no momentum;
     decay_step (η·r·λ) and shrink (1 − η·r·λ) None: no weight decay."""
     n = len(params)
     gs, ngs, wds, shr = _vec(grad_step), _vec(neg_grad_step), _vec(decay_step), _vec(shrink)

@@ -1,0 +1,900 @@
+/* reltrust CPU kernels: the fused passes of Fromage, LARS and LAMB over lists of float32 tensors.
+ *
+ * Plain C with OpenMP and no torch headers: `reltrust.optim._native` compiles it with the system C
+ * compiler in a second or two, caches the shared library in the torch extensions directory, and
+ * calls it through ctypes on the tensors' data pointers. In a process where torch is loaded, the
+ * OpenMP runtime is torch's own (same SONAME, libgomp.so.1); the thread count is passed explicitly
+ * (torch.get_num_threads()).
+ *
+ * Every entry point takes N tensors as arrays of data pointers and element counts, and `sel`, the
+ * indices of the tensors it is to process (NULL: all N); outputs are float[N] arrays of which only
+ * the selected entries are written. A tensor is cut into spans of at most SPAN elements. Two ways
+ * to schedule the work:
+ *
+ *   streamed (rt_norms, rt_*_update, ...): all spans of all selected tensors split statically over
+ *     the threads, one pass per call; between the norm pass and the update pass the caller turns
+ *     norms into ratios (`reltrust.optim.trust_ratio`, which also reduces the norms of sharded
+ *     tensors). Every tensor is read from memory once per pass.
+ *   blocked (rt_*_blocked): for tensors small enough to stay in a core's L2 cache between the two
+ *     passes: each thread takes whole tensors and does norm pass, trust ratio and update pass on
+ *     one tensor before the next, so the update reads the tensor from cache, not memory. The ratio
+ *     is computed here by `trust_ratio1`, the exact float32 twin of trust_ratio.trust_ratio (tests
+ *     hold them equal); only for tensors whose norms need no reduction across shards.
+ *
+ * Both ways run the same span functions (span_*) in the same order, so they give identical bits.
+ * A norm is accumulated per span — in float32 FMA lanes over blocks of BLOCK elements, each block's
+ * lanes added into double lanes — and the spans of a tensor are summed in order, in double: the
+ * result does not depend on the thread count or the schedule, and is at least as accurate as
+ * torch's float32 cascade sum. Norms come out as float32, the dtype of torch's norms of float32
+ * tensors.
+ *
+ * The elementwise update arithmetic follows the per-tensor torch reference op by op, in the same
+ * order and with the same float32 scalars, and rounds where torch's vectorised CPU kernels round:
+ * fmaf where they use a fused multiply-add (addcmul, add with alpha, lerp), separate operations
+ * elsewhere (the build uses -ffp-contract=off). Fromage and LARS then agree with the torch path bit
+ * for bit up to their norms. LAMB agrees to a few float32 roundings: its direction multiplies by
+ * reciprocals where torch divides (see span_lamb1), and torch's sqrt (MKL's) is within 1 ulp where
+ * sqrtf is correctly rounded.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <omp.h>
+
+#include "kernels.h"
+
+#define SPAN 32768
+#define BLOCK 1024
+#define LANES 64
+
+typedef struct {
+    int32_t t; /* tensor index */
+    int64_t lo, hi;
+} span_t;
+
+typedef struct {
+    int64_t n;
+    span_t *s;
+} spans_t;
+
+#define SEL(k) (sel ? sel[k] : (k))
+#define NSEL (sel ? nsel : n)
+
+static spans_t make_spans(int n, const int64_t *sizes, const int32_t *sel, int nsel) {
+    int64_t total = 0;
+    for (int k = 0; k < NSEL; k++) total += (sizes[SEL(k)] + SPAN - 1) / SPAN;
+    spans_t out = {total, (span_t *)malloc(sizeof(span_t) * (size_t)(total > 0 ? total : 1))};
+    int64_t j = 0;
+    for (int k = 0; k < NSEL; k++) {
+        const int i = SEL(k);
+        for (int64_t lo = 0; lo < sizes[i]; lo += SPAN) {
+            out.s[j].t = i;
+            out.s[j].lo = lo;
+            out.s[j].hi = lo + SPAN < sizes[i] ? lo + SPAN : sizes[i];
+            j++;
+        }
+    }
+    return out;
+}
+
+static int threads_for(int64_t items, int requested) {
+    if (requested < 1) requested = 1;
+    if (items < 2) return 1;
+    return items < requested ? (int)items : requested;
+}
+
+/* partial[s*k + j]: span s's sum of squares for output j → outs[j][t] = sqrt(Σ over t's spans),
+ * for the selected tensors. */
+static void finish_norms(int n, const int32_t *sel, int nsel, spans_t sp, const double *partial, int k,
+                         float *const *outs) {
+    double *acc = (double *)calloc((size_t)n * (size_t)k + 1, sizeof(double));
+    for (int64_t s = 0; s < sp.n; s++)
+        for (int j = 0; j < k; j++) acc[(int64_t)sp.s[s].t * k + j] += partial[s * k + j];
+    for (int j = 0; j < k; j++)
+        if (outs[j])
+            for (int q = 0; q < NSEL; q++) outs[j][SEL(q)] = (float)sqrt(acc[(int64_t)SEL(q) * k + j]);
+    free(acc);
+}
+
+static double *new_partial(spans_t sp, int k) {
+    return (double *)calloc((size_t)(sp.n > 0 ? sp.n : 1) * (size_t)k, sizeof(double));
+}
+
+/* the element range [lo, hi) of tensor t's span number `s` (s = 0, 1, ...) */
+#define SPAN_LO(s) ((int64_t)(s) * SPAN)
+#define SPAN_LEN(size, s) ((size) - SPAN_LO(s) < SPAN ? (size) - SPAN_LO(s) : SPAN)
+#define NSPANS(size) (((size) + SPAN - 1) / SPAN)
+
+/* Contiguous ranges of the selected tensors per thread, balanced by element count (blocked way). */
+static void thread_range(int n, const int32_t *sel, int nsel, const int64_t *sizes, int tid, int nth,
+                         int *lo, int *hi) {
+    int64_t total = 0;
+    for (int k = 0; k < NSEL; k++) total += sizes[SEL(k)] + 64;
+    int64_t cum = 0;
+    *lo = NSEL;
+    *hi = NSEL;
+    for (int k = 0; k < NSEL; k++) {
+        /* tensor k goes to the thread whose share contains the middle of the tensor */
+        const int64_t mid = cum + (sizes[SEL(k)] + 64) / 2;
+        const int owner = (int)((mid * nth) / (total > 0 ? total : 1));
+        if (owner == tid && *lo == NSEL) *lo = k;
+        if (owner > tid) {
+            *hi = k;
+            if (*lo == NSEL) *lo = k;
+            return;
+        }
+        cum += sizes[SEL(k)] + 64;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* the norm loop                                                                                   */
+
+static inline void lanes_add(double *restrict d, const float *restrict a) {
+    for (int j = 0; j < LANES; j++) d[j] += (double)a[j];
+}
+
+static inline double lanes_total(const double *d) {
+    double s = 0;
+    for (int j = 0; j < LANES; j++) s += d[j];
+    return s;
+}
+
+/* NORM_LOOP(len, acc, STMT): run STMT for every index `i` in [0, len); STMT sets `float r`, whose
+ * square is accumulated into the double `acc`: in float32 FMA lanes over each block of BLOCK
+ * elements (16 terms per lane), the lanes then added into double lanes, summed once at the end. */
+#define NORM_LOOP(len, acc, STMT)                                        \
+    do {                                                                 \
+        int64_t i0_ = 0;                                                 \
+        double d_[LANES] = {0};                                          \
+        for (; i0_ + BLOCK <= (len); i0_ += BLOCK) {                     \
+            float a_[LANES] = {0};                                       \
+            for (int b_ = 0; b_ < BLOCK; b_ += LANES)                    \
+                for (int j_ = 0; j_ < LANES; j_++) {                     \
+                    const int64_t i = i0_ + b_ + j_;                     \
+                    float r;                                             \
+                    STMT;                                                \
+                    a_[j_] = fmaf(r, r, a_[j_]);                         \
+                }                                                        \
+            lanes_add(d_, a_);                                           \
+        }                                                                \
+        double t_ = lanes_total(d_);                                     \
+        for (int64_t i = i0_; i < (len); i++) {                          \
+            float r;                                                     \
+            STMT;                                                        \
+            t_ += (double)r * r;                                         \
+        }                                                                \
+        (acc) += t_;                                                     \
+    } while (0)
+
+#define PLAIN_LOOP(len, STMT)                                            \
+    do {                                                                 \
+        for (int64_t i = 0; i < (len); i++) {                            \
+            float r;                                                     \
+            STMT;                                                        \
+            (void)r;                                                     \
+        }                                                                \
+    } while (0)
+
+#define PTR(ptrs, t, lo) ((float *)(intptr_t)(ptrs)[t] + (lo))
+
+/* ---------------------------------------------------------------------------------------------- */
+/* span functions: one span of one tensor; each returns (adds) its sums of squares                */
+
+static double span_sumsq(const float *restrict a, int64_t len) {
+    double s = 0;
+    NORM_LOOP(len, s, r = a[i]);
+    return s;
+}
+
+/* out[0] += Σa², out[1] += Σb²: the same loop with two read streams (same bits as span_sumsq). */
+static void span_sumsq2(const float *restrict a, const float *restrict b, int64_t len, double *out) {
+    int64_t i0 = 0;
+    double da[LANES] = {0}, db[LANES] = {0};
+    for (; i0 + BLOCK <= len; i0 += BLOCK) {
+        float x[LANES] = {0}, y[LANES] = {0};
+        for (int k = 0; k < BLOCK; k += LANES)
+            for (int j = 0; j < LANES; j++) {
+                x[j] = fmaf(a[i0 + k + j], a[i0 + k + j], x[j]);
+                y[j] = fmaf(b[i0 + k + j], b[i0 + k + j], y[j]);
+            }
+        lanes_add(da, x);
+        lanes_add(db, y);
+    }
+    double sa = lanes_total(da), sb = lanes_total(db);
+    for (int64_t i = i0; i < len; i++) {
+        sa += (double)a[i] * a[i];
+        sb += (double)b[i] * b[i];
+    }
+    out[0] += sa;
+    out[1] += sb;
+}
+
+/* torch's lerp: self + w·(end − self) for |w| < 0.5, else end − (end − self)·(1 − w). */
+static inline float lerp1(float self, float end, float w, int small) {
+    return small ? fmaf(w, end - self, self) : fmaf(-(end - self), 1.0f - w, end);
+}
+
+/* m ← lerp(m, g, w); returns Σ m_new². */
+static double span_lerp(float *restrict m, const float *restrict g, float w, int64_t len) {
+    const int small = fabsf(w) < 0.5f;
+    double s = 0;
+    NORM_LOOP(len, s, r = lerp1(m[i], g[i], w, small); m[i] = r);
+    return s;
+}
+
+/* p ← (p + u·k)·c; returns Σ p_new² if want, else 0. */
+static double span_fromage(float *restrict p, const float *restrict u, float k, float c, int64_t len, int want) {
+    double s = 0;
+    if (want)
+        NORM_LOOP(len, s, r = fmaf(u[i], k, p[i]) * c; p[i] = r);
+    else
+        PLAIN_LOOP(len, r = fmaf(u[i], k, p[i]) * c; p[i] = r);
+    return s;
+}
+
+/* LARS. Per tensor: gs = ±η·r (coefficient of g in v), ngs = −gs, wds = η·r·λ, shrink = 1 − η·r·λ.
+ * mode 0 (no momentum):  p ← p·shrink (if decay);  p ← p + g·ngs
+ * mode 1 (heavy ball):   v ← v·μ;  v ← v + g·gs;  v ← v + p·wds (if decay);  p ← p − v
+ * mode 2 (Nesterov):     v as in mode 1;  p ← p·shrink (if decay);  p ← p + g·ngs;  p ← p − μ·v  */
+typedef struct {
+    float gs, ngs, wds, shrink;
+} lars_coef_t;
+
+#define LARS_STMT(MODE, DECAY)                                           \
+    {                                                                    \
+        float pv = p[i];                                                 \
+        if (MODE == 0) {                                                 \
+            if (DECAY) pv = pv * q.shrink;                               \
+            r = fmaf(g[i], q.ngs, pv);                                   \
+        } else {                                                         \
+            float vv = v[i] * mu;                                        \
+            vv = fmaf(g[i], q.gs, vv);                                   \
+            if (DECAY) vv = fmaf(pv, q.wds, vv);                         \
+            v[i] = vv;                                                   \
+            if (MODE == 1) {                                             \
+                r = pv - vv;                                             \
+            } else {                                                     \
+                if (DECAY) pv = pv * q.shrink;                           \
+                pv = fmaf(g[i], q.ngs, pv);                              \
+                r = fmaf(vv, -mu, pv);                                   \
+            }                                                            \
+        }                                                                \
+        p[i] = r;                                                        \
+    }
+
+#define LARS_CASE(MODE, DECAY)                                           \
+    if (mode == MODE && decay == DECAY) {                                \
+        if (want)                                                        \
+            NORM_LOOP(len, s, LARS_STMT(MODE, DECAY));                   \
+        else                                                             \
+            PLAIN_LOOP(len, LARS_STMT(MODE, DECAY));                     \
+    }
+
+static double span_lars(float *restrict p, const float *restrict g, float *restrict v, lars_coef_t q, float mu,
+                        int mode, int decay, int64_t len, int want) {
+    double s = 0;
+    LARS_CASE(0, 0) LARS_CASE(0, 1) LARS_CASE(1, 0) LARS_CASE(1, 1) LARS_CASE(2, 0) LARS_CASE(2, 1)
+    return s;
+}
+
+/* LAMB. Per tensor: b1 = 1 − β₁ᵗ, b2s = √(1 − β₂ᵗ).
+ * u = m / ((√v / b2s + ε)·b1), negated if maximize, + λ·p (if decay). The reference divides twice
+ * more per element; here the two divisions by per-tensor constants are multiplications by their
+ * reciprocals, u = (m·(1/b1)) / (√v·(1/b2s) + ε), so LAMB agrees with torch to a few float32
+ * roundings rather than bit for bit (a division is the costliest operation in the loop and LAMB
+ * recomputes u in its second pass).
+ * pass 1: v ← v·β₂ + (1−β₂)·g·g;  m ← lerp(m, g, 1−β₁);  Σu² (if want_u) and Σp² (if want_p).
+ * pass 2: p ← p + u·coef (u recomputed from the updated m and v).
+ * w = 1 − β₁ and cv = 1 − β₂ come rounded from double, as torch receives them. */
+typedef struct {
+    float w, beta2, cv, eps, wd;
+    int maximize, decay;
+} lamb_hp_t;
+
+/* ib1 = 1/b1, ib2s = 1/b2s */
+static inline float lamb_dir(float m, float v, float p, float ib1, float ib2s, const lamb_hp_t *h) {
+    float u = (m * ib1) / fmaf(sqrtf(v), ib2s, h->eps);
+    if (h->maximize) u = -u;
+    if (h->decay) u = fmaf(p, h->wd, u);
+    return u;
+}
+
+/* u_out (optional): where to keep u for pass 2 (span_lamb2_kept), which then need not recompute it. */
+static void span_lamb1(const float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
+                       float b1, float b2s, lamb_hp_t h, int64_t len, int want_u, int want_p, double *out,
+                       float *restrict u_out) {
+    const int small = fabsf(h.w) < 0.5f;
+    const float ib1 = 1.0f / b1, ib2s = 1.0f / b2s;
+#define LAMB1_MOMENTS                                                    \
+    const float gi = g[i];                                               \
+    float vi = v[i] * h.beta2;                                           \
+    vi = fmaf(h.cv * gi, gi, vi);                                        \
+    v[i] = vi;                                                           \
+    const float mi = lerp1(m[i], gi, h.w, small);                        \
+    m[i] = mi;
+    if (want_u && u_out)
+        NORM_LOOP(len, out[1], LAMB1_MOMENTS r = lamb_dir(mi, vi, p[i], ib1, ib2s, &h); u_out[i] = r);
+    else if (want_u)
+        NORM_LOOP(len, out[1], LAMB1_MOMENTS r = lamb_dir(mi, vi, p[i], ib1, ib2s, &h));
+    else
+        PLAIN_LOOP(len, LAMB1_MOMENTS r = 0);
+#undef LAMB1_MOMENTS
+    if (want_p) out[0] += span_sumsq(p, len);
+}
+
+static void span_lamb2(float *restrict p, const float *restrict m, const float *restrict v, float b1, float b2s,
+                       lamb_hp_t h, float k, int64_t len) {
+    const float ib1 = 1.0f / b1, ib2s = 1.0f / b2s;
+    PLAIN_LOOP(len, r = fmaf(lamb_dir(m[i], v[i], p[i], ib1, ib2s, &h), k, p[i]); p[i] = r);
+}
+
+/* pass 2 with the u that pass 1 kept: the same bits as span_lamb2, without a sqrt and a division. */
+static void span_lamb2_kept(float *restrict p, const float *restrict u, float k, int64_t len) {
+    PLAIN_LOOP(len, r = fmaf(u[i], k, p[i]); p[i] = r);
+}
+
+/* The trust ratio of one tensor: the float32 twin of reltrust.optim.trust_ratio.trust_ratio,
+ *     κ‖W‖ / (‖u‖ + λ‖W‖ + ε), exactly 1 where ‖W‖ = 0 or ‖u‖ = 0, and NaN where either is NaN or
+ * inf (so that the tensor's whole step is NaN), rounded as torch rounds it: ((u + λ·w) + ε), then
+ * (κ·w) / that. */
+typedef struct {
+    float coefficient, weight_decay, eps;
+} ratio_hp_t;
+
+static inline float trust_ratio1(float w, float u, ratio_hp_t r) {
+    if (!(isfinite(w) && isfinite(u))) return NAN;
+    if (w == 0.0f || u == 0.0f) return 1.0f;
+    float den = u;
+    if (r.weight_decay != 0.0f || r.eps != 0.0f) den = (u + w * r.weight_decay) + r.eps;
+    return r.coefficient != 1.0f ? (w * r.coefficient) / den : w / den;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* streamed entry points                                                                           */
+
+/* norms of k aligned lists of N tensors (list j: ptrs[j*n + t]); outs[j]: float[n], or NULL. */
+int rt_norms(int n, int k, const int64_t *ptrs, const int64_t *sizes, const int32_t *sel, int nsel,
+             float *const *outs, int nthreads) {
+    spans_t sp = make_spans(n, sizes, sel, nsel);
+    double *partial = new_partial(sp, k);
+#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
+    for (int64_t s = 0; s < sp.n; s++) {
+        const span_t x = sp.s[s];
+        const int64_t len = x.hi - x.lo;
+        int j = 0;
+        for (; j + 2 <= k; j += 2) /* two lists in one loop: two concurrent read streams */
+            span_sumsq2(PTR(ptrs + (int64_t)j * n, x.t, x.lo), PTR(ptrs + (int64_t)(j + 1) * n, x.t, x.lo), len,
+                        &partial[s * k + j]);
+        for (; j < k; j++) partial[s * k + j] = span_sumsq(PTR(ptrs + (int64_t)j * n, x.t, x.lo), len);
+    }
+    finish_norms(n, sel, nsel, sp, partial, k, outs);
+    free(partial);
+    free(sp.s);
+    return 0;
+}
+
+/* The training monitor's two passes (reltrust.trust.TrustMonitor): before a step, dst ← src with
+ * ‖src‖ in the same pass; after it, ‖a − b‖ without writing the difference. */
+static double span_copy_sumsq(float *restrict dst, const float *restrict src, int64_t len) {
+    double s = 0;
+    NORM_LOOP(len, s, r = src[i]; dst[i] = r);
+    return s;
+}
+
+static double span_diff_sumsq(const float *restrict a, const float *restrict b, int64_t len) {
+    double s = 0;
+    NORM_LOOP(len, s, r = a[i] - b[i]);
+    return s;
+}
+
+/* mode 0: dst ← src, norm[t] = ‖src_t‖;  mode 1: norm[t] = ‖dst_t − src_t‖ (nothing written). */
+int rt_snapshot_norms(int n, int mode, const int64_t *dst_ptrs, const int64_t *src_ptrs, const int64_t *sizes,
+                      float *norm, int nthreads) {
+    spans_t sp = make_spans(n, sizes, NULL, 0);
+    double *partial = new_partial(sp, 1);
+#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
+    for (int64_t s = 0; s < sp.n; s++) {
+        const span_t x = sp.s[s];
+        partial[s] = mode == 0 ? span_copy_sumsq(PTR(dst_ptrs, x.t, x.lo), PTR(src_ptrs, x.t, x.lo), x.hi - x.lo)
+                               : span_diff_sumsq(PTR(dst_ptrs, x.t, x.lo), PTR(src_ptrs, x.t, x.lo), x.hi - x.lo);
+    }
+    float *outs[1] = {norm};
+    finish_norms(n, NULL, 0, sp, partial, 1, outs);
+    free(partial);
+    free(sp.s);
+    return 0;
+}
+
+/* m ← lerp(m, g, w), and the norms of p (if pnorm) and of the new m. */
+int rt_lerp_norms(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *m_ptrs, const int64_t *sizes,
+                  const int32_t *sel, int nsel, float w, float *pnorm, float *mnorm, int nthreads) {
+    spans_t sp = make_spans(n, sizes, sel, nsel);
+    double *partial = new_partial(sp, 2);
+#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
+    for (int64_t s = 0; s < sp.n; s++) {
+        const span_t x = sp.s[s];
+        const int64_t len = x.hi - x.lo;
+        partial[s * 2 + 1] = span_lerp(PTR(m_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), w, len);
+        if (pnorm) partial[s * 2] = span_sumsq(PTR(p_ptrs, x.t, x.lo), len);
+    }
+    float *outs[2] = {pnorm, mnorm};
+    finish_norms(n, sel, nsel, sp, partial, 2, outs);
+    free(partial);
+    free(sp.s);
+    return 0;
+}
+
+/* p ← (p + u·coef[t])·c ; newnorm (optional): ‖p‖ after the update. unorm (optional): the tensors'
+ * (reduced) ‖u‖; one whose ‖u‖ is exactly 0 is left as it is (c = 1: its step is zero). */
+int rt_fromage_update(int n, const int64_t *p_ptrs, const int64_t *u_ptrs, const int64_t *sizes, const int32_t *sel,
+                      int nsel, const float *coef, float c, const float *unorm, float *newnorm, int nthreads) {
+    spans_t sp = make_spans(n, sizes, sel, nsel);
+    double *partial = new_partial(sp, 1);
+#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
+    for (int64_t s = 0; s < sp.n; s++) {
+        const span_t x = sp.s[s];
+        const float ct = unorm && unorm[x.t] == 0.0f ? 1.0f : c;
+        partial[s] = span_fromage(PTR(p_ptrs, x.t, x.lo), PTR(u_ptrs, x.t, x.lo), coef[x.t], ct, x.hi - x.lo,
+                                  newnorm != NULL);
+    }
+    float *outs[1] = {newnorm};
+    finish_norms(n, sel, nsel, sp, partial, 1, outs);
+    free(partial);
+    free(sp.s);
+    return 0;
+}
+
+/* p ← p·scale[t] for the tensors whose scale is not exactly 1 (multiplying by 1 is the identity). */
+int rt_scale(int n, const int64_t *p_ptrs, const int64_t *sizes, const float *scale, int nthreads) {
+    spans_t sp = make_spans(n, sizes, NULL, 0);
+#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
+    for (int64_t s = 0; s < sp.n; s++) {
+        const span_t x = sp.s[s];
+        const float k = scale[x.t];
+        if (k == 1.0f) continue;
+        float *restrict p = PTR(p_ptrs, x.t, x.lo);
+        PLAIN_LOOP(x.hi - x.lo, r = p[i] * k; p[i] = r);
+    }
+    free(sp.s);
+    return 0;
+}
+
+/* LARS's update after the ratio: per-tensor gs, ngs, wds, shrink as above (wds/shrink NULL: no
+ * decay); v_ptrs NULL: no momentum; newnorm (optional): ‖p‖ after the update. */
+int rt_lars_update(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *v_ptrs, const int64_t *sizes,
+                   const int32_t *sel, int nsel, const float *gs, const float *ngs, const float *wds,
+                   const float *shrink, float momentum, int nesterov, float *newnorm, int nthreads) {
+    spans_t sp = make_spans(n, sizes, sel, nsel);
+    double *partial = new_partial(sp, 1);
+    const int mode = v_ptrs ? (nesterov ? 2 : 1) : 0, decay = wds != NULL;
+#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
+    for (int64_t s = 0; s < sp.n; s++) {
+        const span_t x = sp.s[s];
+        const lars_coef_t q = {gs[x.t], ngs[x.t], decay ? wds[x.t] : 0.0f, decay ? shrink[x.t] : 1.0f};
+        partial[s] = span_lars(PTR(p_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), mode ? PTR(v_ptrs, x.t, x.lo) : NULL,
+                               q, momentum, mode, decay, x.hi - x.lo, newnorm != NULL);
+    }
+    float *outs[1] = {newnorm};
+    finish_norms(n, sel, nsel, sp, partial, 1, outs);
+    free(partial);
+    free(sp.s);
+    return 0;
+}
+
+int rt_lamb_pass1(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *m_ptrs, const int64_t *v_ptrs,
+                  const int64_t *sizes, const int32_t *sel, int nsel, const float *b1, const float *b2s, float w,
+                  float beta2, float cv, float eps, float wd, int maximize, float *pnorm, float *unorm, int nthreads) {
+    spans_t sp = make_spans(n, sizes, sel, nsel);
+    double *partial = new_partial(sp, 2);
+    const lamb_hp_t h = {w, beta2, cv, eps, wd, maximize, wd != 0.0f};
+#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
+    for (int64_t s = 0; s < sp.n; s++) {
+        const span_t x = sp.s[s];
+        span_lamb1(PTR(p_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), PTR(m_ptrs, x.t, x.lo), PTR(v_ptrs, x.t, x.lo),
+                   b1[x.t], b2s[x.t], h, x.hi - x.lo, unorm != NULL, pnorm != NULL, &partial[s * 2], NULL);
+    }
+    float *outs[2] = {pnorm, unorm};
+    finish_norms(n, sel, nsel, sp, partial, 2, outs);
+    free(partial);
+    free(sp.s);
+    return 0;
+}
+
+int rt_lamb_pass2(int n, const int64_t *p_ptrs, const int64_t *m_ptrs, const int64_t *v_ptrs, const int64_t *sizes,
+                  const int32_t *sel, int nsel, const float *b1, const float *b2s, float eps, float wd, int maximize,
+                  const float *coef, int nthreads) {
+    spans_t sp = make_spans(n, sizes, sel, nsel);
+    const lamb_hp_t h = {0.0f, 0.0f, 0.0f, eps, wd, maximize, wd != 0.0f};
+#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
+    for (int64_t s = 0; s < sp.n; s++) {
+        const span_t x = sp.s[s];
+        span_lamb2(PTR(p_ptrs, x.t, x.lo), PTR(m_ptrs, x.t, x.lo), PTR(v_ptrs, x.t, x.lo), b1[x.t], b2s[x.t], h,
+                   coef[x.t], x.hi - x.lo);
+    }
+    free(sp.s);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* blocked entry points: whole small tensors per thread, ratio in between (see the top)            */
+
+#define BLOCKED_BEGIN                                                                              \
+    const int nth_ = threads_for(NSEL, nthreads);                                                  \
+    _Pragma("omp parallel num_threads(nth_)") {                                                    \
+        int lo_, hi_;                                                                              \
+        thread_range(n, sel, nsel, sizes, omp_get_thread_num(), omp_get_num_threads(), &lo_, &hi_); \
+        for (int q_ = lo_; q_ < hi_; q_++) {                                                       \
+            const int t = SEL(q_);                                                                 \
+            const int64_t size = sizes[t];                                                         \
+            const int64_t nsp = NSPANS(size);
+
+#define BLOCKED_END \
+    }               \
+    }
+
+/* Fromage on small tensors: norms (with m ← lerp(m, g, w) if m_ptrs), r, p ← (p + u·(r·lr_signed))·c,
+ * with c = 1 for a tensor whose ‖u‖ is exactly 0 (left as it is). wnorm_in (optional): known ‖W‖, then
+ * W is not read for it. Writes ‖W‖, ‖u‖ and (optional) ‖W_new‖. */
+int rt_fromage_blocked(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *m_ptrs,
+                       const int64_t *sizes, const int32_t *sel, int nsel, float w, float lr_signed, float c,
+                       const float *wnorm_in, float *wnorm, float *unorm, float *newnorm, int nthreads) {
+    const ratio_hp_t rh = {1.0f, 0.0f, 0.0f};
+    BLOCKED_BEGIN
+    double sums[2] = {0, 0}; /* ‖W‖², ‖u‖² */
+    for (int64_t s = 0; s < nsp; s++) {
+        const int64_t lo = SPAN_LO(s), len = SPAN_LEN(size, s);
+        double part[2] = {0, 0};
+        if (m_ptrs) {
+            part[1] = span_lerp(PTR(m_ptrs, t, lo), PTR(g_ptrs, t, lo), w, len);
+            if (!wnorm_in) part[0] = span_sumsq(PTR(p_ptrs, t, lo), len);
+        } else if (!wnorm_in) {
+            span_sumsq2(PTR(p_ptrs, t, lo), PTR(g_ptrs, t, lo), len, part);
+        } else {
+            part[1] = span_sumsq(PTR(g_ptrs, t, lo), len);
+        }
+        sums[0] += part[0];
+        sums[1] += part[1];
+    }
+    const float wn = wnorm_in ? wnorm_in[t] : (float)sqrt(sums[0]), un = (float)sqrt(sums[1]);
+    const float k = trust_ratio1(wn, un, rh) * lr_signed, ct = un == 0.0f ? 1.0f : c;
+    const int64_t *u_ptrs = m_ptrs ? m_ptrs : g_ptrs;
+    double nn = 0;
+    for (int64_t s = 0; s < nsp; s++)
+        nn += span_fromage(PTR(p_ptrs, t, SPAN_LO(s)), PTR(u_ptrs, t, SPAN_LO(s)), k, ct, SPAN_LEN(size, s),
+                           newnorm != NULL);
+    wnorm[t] = wn;
+    unorm[t] = un;
+    if (newnorm) newnorm[t] = (float)sqrt(nn);
+    BLOCKED_END
+    return 0;
+}
+
+/* LARS on small tensors: norms, r, step = r·lr, then the update as rt_lars_update. */
+int rt_lars_blocked(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *v_ptrs, const int64_t *sizes,
+                    const int32_t *sel, int nsel, float lr, float coefficient, float weight_decay, float eps,
+                    int maximize, float momentum, int nesterov, const float *wnorm_in, float *wnorm, float *gnorm,
+                    float *newnorm, int nthreads) {
+    const ratio_hp_t rh = {coefficient, weight_decay, eps};
+    const int mode = v_ptrs ? (nesterov ? 2 : 1) : 0, decay = weight_decay != 0.0f;
+    BLOCKED_BEGIN
+    double sums[2] = {0, 0};
+    for (int64_t s = 0; s < nsp; s++) {
+        const int64_t lo = SPAN_LO(s), len = SPAN_LEN(size, s);
+        double part[2] = {0, 0};
+        if (!wnorm_in)
+            span_sumsq2(PTR(p_ptrs, t, lo), PTR(g_ptrs, t, lo), len, part);
+        else
+            part[1] = span_sumsq(PTR(g_ptrs, t, lo), len);
+        sums[0] += part[0];
+        sums[1] += part[1];
+    }
+    const float wn = wnorm_in ? wnorm_in[t] : (float)sqrt(sums[0]), gn = (float)sqrt(sums[1]);
+    const float step = trust_ratio1(wn, gn, rh) * lr;
+    const float gs = maximize ? -step : step;
+    const float wds = step * weight_decay;
+    const lars_coef_t q = {gs, -gs, wds, 1.0f - wds};
+    double nn = 0;
+    for (int64_t s = 0; s < nsp; s++) {
+        const int64_t lo = SPAN_LO(s);
+        nn += span_lars(PTR(p_ptrs, t, lo), PTR(g_ptrs, t, lo), mode ? PTR(v_ptrs, t, lo) : NULL, q, momentum, mode,
+                        decay, SPAN_LEN(size, s), newnorm != NULL);
+    }
+    wnorm[t] = wn;
+    gnorm[t] = gn;
+    if (newnorm) newnorm[t] = (float)sqrt(nn);
+    BLOCKED_END
+    return 0;
+}
+
+/* LAMB on small tensors: pass 1 (moments, ‖W‖, ‖u‖, u kept in a per-thread buffer of the tensor's
+ * size), r, pass 2 with coef = r·(−lr) from the kept u. */
+int rt_lamb_blocked(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *m_ptrs, const int64_t *v_ptrs,
+                    const int64_t *sizes, const int32_t *sel, int nsel, const float *b1, const float *b2s, float w,
+                    float beta2, float cv, float eps, float wd, int maximize, float neg_lr, float *wnorm,
+                    float *unorm, int nthreads) {
+    const lamb_hp_t h = {w, beta2, cv, eps, wd, maximize, wd != 0.0f};
+    const ratio_hp_t rh = {1.0f, 0.0f, 0.0f};
+    int64_t largest = 1;
+    for (int q = 0; q < NSEL; q++)
+        if (sizes[SEL(q)] > largest) largest = sizes[SEL(q)];
+    const int nth_ = threads_for(NSEL, nthreads);
+#pragma omp parallel num_threads(nth_)
+    {
+        int lo_, hi_;
+        thread_range(n, sel, nsel, sizes, omp_get_thread_num(), omp_get_num_threads(), &lo_, &hi_);
+        float *kept = (float *)malloc(sizeof(float) * (size_t)largest);
+        for (int q_ = lo_; q_ < hi_; q_++) {
+            const int t = SEL(q_);
+            const int64_t size = sizes[t], nsp = NSPANS(size);
+            double sums[2] = {0, 0};
+            for (int64_t s = 0; s < nsp; s++) {
+                const int64_t lo = SPAN_LO(s);
+                double part[2] = {0, 0};
+                span_lamb1(PTR(p_ptrs, t, lo), PTR(g_ptrs, t, lo), PTR(m_ptrs, t, lo), PTR(v_ptrs, t, lo), b1[t],
+                           b2s[t], h, SPAN_LEN(size, s), 1, 1, part, kept + lo);
+                sums[0] += part[0];
+                sums[1] += part[1];
+            }
+            const float wn = (float)sqrt(sums[0]), un = (float)sqrt(sums[1]);
+            const float k = trust_ratio1(wn, un, rh) * neg_lr;
+            for (int64_t s = 0; s < nsp; s++) {
+                const int64_t lo = SPAN_LO(s);
+                span_lamb2_kept(PTR(p_ptrs, t, lo), kept + lo, k, SPAN_LEN(size, s));
+            }
+            wnorm[t] = wn;
+            unorm[t] = un;
+        }
+        free(kept);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* grouped entry points: the selected tensors in consecutive groups of about group_elems elements  */
+/* (a larger tensor is a group of its own); for each group, all threads run the norm pass over its */
+/* spans, one computes the ratios, then each thread updates the spans it normed, last-read first   */
+/* (my_share), which the caches still hold. Same span functions and sums as streamed.              */
+
+typedef struct {
+    spans_t sp;
+    int ngroups;
+    int64_t *gspan; /* group k: spans [gspan[k], gspan[k+1]) */
+    int32_t *gsel;  /* group k: selected tensors q in [gsel[k], gsel[k+1]) */
+    int64_t *tspan; /* selected tensor q: spans [tspan[q], tspan[q+1]) */
+} groups_t;
+
+/* This thread's share [*a, *b) of the spans [lo, hi): contiguous shares in thread order, the first
+ * (hi - lo) % threads of them one span longer. The norm pass walks its share forward and the update
+ * pass walks the same share BACKWARD, so that it starts on the spans the norm pass read last, which
+ * are still cached: for a group larger than the cache, about a cache's worth of the second read
+ * comes from cache instead of memory. */
+static void my_share(int64_t lo, int64_t hi, int64_t *a, int64_t *b) {
+    const int64_t nth = omp_get_num_threads(), tid = omp_get_thread_num(), len = hi - lo;
+    const int64_t q = len / nth, r = len % nth;
+    *a = lo + tid * q + (tid < r ? tid : r);
+    *b = *a + q + (tid < r ? 1 : 0);
+}
+
+static groups_t make_groups(int n, const int64_t *sizes, const int32_t *sel, int nsel, int64_t group_elems) {
+    groups_t G;
+    G.sp = make_spans(n, sizes, sel, nsel);
+    G.tspan = (int64_t *)malloc(sizeof(int64_t) * (size_t)(NSEL + 1));
+    G.gspan = (int64_t *)malloc(sizeof(int64_t) * (size_t)(NSEL + 1));
+    G.gsel = (int32_t *)malloc(sizeof(int32_t) * (size_t)(NSEL + 1));
+    int64_t s = 0, in_group = 0;
+    G.ngroups = 0;
+    for (int q = 0; q < NSEL; q++) {
+        const int64_t size = sizes[SEL(q)];
+        if (q == 0 || in_group + size > group_elems) { /* start a new group */
+            G.gspan[G.ngroups] = s;
+            G.gsel[G.ngroups] = q;
+            G.ngroups++;
+            in_group = 0;
+        }
+        in_group += size;
+        G.tspan[q] = s;
+        s += NSPANS(size);
+    }
+    G.tspan[NSEL] = s;
+    G.gspan[G.ngroups] = s;
+    G.gsel[G.ngroups] = NSEL;
+    return G;
+}
+
+static void free_groups(groups_t *G) {
+    free(G->sp.s);
+    free(G->tspan);
+    free(G->gspan);
+    free(G->gsel);
+}
+
+/* Σ over selected tensor q's spans of partial[s*k + j], in span order (as finish_norms sums). */
+static double tensor_sum(const groups_t *G, int q, const double *partial, int k, int j) {
+    double acc = 0;
+    for (int64_t s = G->tspan[q]; s < G->tspan[q + 1]; s++) acc += partial[s * k + j];
+    return acc;
+}
+
+int rt_fromage_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *m_ptrs,
+                       const int64_t *sizes, const int32_t *sel, int nsel, int64_t group_elems, float w,
+                       float lr_signed, float c, const float *wnorm_in, float *wnorm, float *unorm, float *newnorm,
+                       int nthreads) {
+    groups_t G = make_groups(n, sizes, sel, nsel, group_elems);
+    double *partial = new_partial(G.sp, 2), *npart = new_partial(G.sp, 1);
+    float *coef = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    float *cs = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n : 1)); /* c, or 1 where ‖u‖ = 0 */
+    const ratio_hp_t rh = {1.0f, 0.0f, 0.0f};
+    const int64_t *u_ptrs = m_ptrs ? m_ptrs : g_ptrs;
+#pragma omp parallel num_threads(threads_for(G.sp.n, nthreads))
+    for (int k = 0; k < G.ngroups; k++) {
+        int64_t a, b;
+        my_share(G.gspan[k], G.gspan[k + 1], &a, &b);
+        for (int64_t s = a; s < b; s++) {
+            const span_t x = G.sp.s[s];
+            const int64_t len = x.hi - x.lo;
+            double *part = &partial[s * 2];
+            if (m_ptrs) {
+                part[1] = span_lerp(PTR(m_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), w, len);
+                if (!wnorm_in) part[0] = span_sumsq(PTR(p_ptrs, x.t, x.lo), len);
+            } else if (!wnorm_in) {
+                span_sumsq2(PTR(p_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), len, part);
+            } else {
+                part[1] = span_sumsq(PTR(g_ptrs, x.t, x.lo), len);
+            }
+        }
+#pragma omp barrier
+#pragma omp single
+        for (int q = G.gsel[k]; q < G.gsel[k + 1]; q++) {
+            const int t = SEL(q);
+            const float wn = wnorm_in ? wnorm_in[t] : (float)sqrt(tensor_sum(&G, q, partial, 2, 0));
+            const float un = (float)sqrt(tensor_sum(&G, q, partial, 2, 1));
+            wnorm[t] = wn;
+            unorm[t] = un;
+            coef[t] = trust_ratio1(wn, un, rh) * lr_signed;
+            cs[t] = un == 0.0f ? 1.0f : c;
+        }
+        for (int64_t s = b - 1; s >= a; s--) {
+            const span_t x = G.sp.s[s];
+            npart[s] = span_fromage(PTR(p_ptrs, x.t, x.lo), PTR(u_ptrs, x.t, x.lo), coef[x.t], cs[x.t], x.hi - x.lo,
+                                    newnorm != NULL);
+        }
+    }
+    float *outs[1] = {newnorm};
+    finish_norms(n, sel, nsel, G.sp, npart, 1, outs);
+    free(cs);
+    free(coef);
+    free(npart);
+    free(partial);
+    free_groups(&G);
+    return 0;
+}
+
+int rt_lars_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *v_ptrs, const int64_t *sizes,
+                    const int32_t *sel, int nsel, int64_t group_elems, float lr, float coefficient,
+                    float weight_decay, float eps, int maximize, float momentum, int nesterov, const float *wnorm_in,
+                    float *wnorm, float *gnorm, float *newnorm, int nthreads) {
+    groups_t G = make_groups(n, sizes, sel, nsel, group_elems);
+    double *partial = new_partial(G.sp, 2), *npart = new_partial(G.sp, 1);
+    lars_coef_t *coef = (lars_coef_t *)malloc(sizeof(lars_coef_t) * (size_t)(n > 0 ? n : 1));
+    const ratio_hp_t rh = {coefficient, weight_decay, eps};
+    const int mode = v_ptrs ? (nesterov ? 2 : 1) : 0, decay = weight_decay != 0.0f;
+#pragma omp parallel num_threads(threads_for(G.sp.n, nthreads))
+    for (int k = 0; k < G.ngroups; k++) {
+        int64_t a, b;
+        my_share(G.gspan[k], G.gspan[k + 1], &a, &b);
+        for (int64_t s = a; s < b; s++) {
+            const span_t x = G.sp.s[s];
+            const int64_t len = x.hi - x.lo;
+            if (!wnorm_in)
+                span_sumsq2(PTR(p_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), len, &partial[s * 2]);
+            else
+                partial[s * 2 + 1] = span_sumsq(PTR(g_ptrs, x.t, x.lo), len);
+        }
+#pragma omp barrier
+#pragma omp single
+        for (int q = G.gsel[k]; q < G.gsel[k + 1]; q++) {
+            const int t = SEL(q);
+            const float wn = wnorm_in ? wnorm_in[t] : (float)sqrt(tensor_sum(&G, q, partial, 2, 0));
+            const float gn = (float)sqrt(tensor_sum(&G, q, partial, 2, 1));
+            wnorm[t] = wn;
+            gnorm[t] = gn;
+            const float step = trust_ratio1(wn, gn, rh) * lr;
+            const float gs = maximize ? -step : step;
+            const float wds = step * weight_decay;
+            const lars_coef_t cf = {gs, -gs, wds, 1.0f - wds};
+            coef[t] = cf;
+        }
+        for (int64_t s = b - 1; s >= a; s--) {
+            const span_t x = G.sp.s[s];
+            npart[s] = span_lars(PTR(p_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), mode ? PTR(v_ptrs, x.t, x.lo) : NULL,
+                                 coef[x.t], momentum, mode, decay, x.hi - x.lo, newnorm != NULL);
+        }
+    }
+    float *outs[1] = {newnorm};
+    finish_norms(n, sel, nsel, G.sp, npart, 1, outs);
+    free(coef);
+    free(npart);
+    free(partial);
+    free_groups(&G);
+    return 0;
+}
+
+int rt_lamb_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *m_ptrs, const int64_t *v_ptrs,
+                    const int64_t *sizes, const int32_t *sel, int nsel, int64_t group_elems, const float *b1,
+                    const float *b2s, float w, float beta2, float cv, float eps, float wd, int maximize, float neg_lr,
+                    float *wnorm, float *unorm, int nthreads) {
+    /* u is kept between the passes in a buffer of group_elems floats, for the groups that fit in it
+     * (a tensor larger than a group is recomputed in pass 2 instead). */
+    groups_t G = make_groups(n, sizes, sel, nsel, group_elems);
+    double *partial = new_partial(G.sp, 2);
+    float *coef = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    int64_t *offset = (int64_t *)malloc(sizeof(int64_t) * (size_t)(G.sp.n > 0 ? G.sp.n : 1));
+    for (int k = 0; k < G.ngroups; k++) {
+        int64_t o = 0;
+        for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) {
+            offset[s] = o;
+            o += G.sp.s[s].hi - G.sp.s[s].lo;
+        }
+        if (o > group_elems)
+            for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) offset[s] = -1; /* recompute */
+    }
+    float *kept = (float *)malloc(sizeof(float) * (size_t)(group_elems > 0 ? group_elems : 1));
+    const lamb_hp_t h = {w, beta2, cv, eps, wd, maximize, wd != 0.0f};
+    const ratio_hp_t rh = {1.0f, 0.0f, 0.0f};
+#pragma omp parallel num_threads(threads_for(G.sp.n, nthreads))
+    for (int k = 0; k < G.ngroups; k++) {
+        int64_t a, b;
+        my_share(G.gspan[k], G.gspan[k + 1], &a, &b);
+        for (int64_t s = a; s < b; s++) {
+            const span_t x = G.sp.s[s];
+            span_lamb1(PTR(p_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), PTR(m_ptrs, x.t, x.lo), PTR(v_ptrs, x.t, x.lo),
+                       b1[x.t], b2s[x.t], h, x.hi - x.lo, 1, 1, &partial[s * 2], offset[s] >= 0 ? kept + offset[s] : NULL);
+        }
+#pragma omp barrier
+#pragma omp single
+        for (int q = G.gsel[k]; q < G.gsel[k + 1]; q++) {
+            const int t = SEL(q);
+            const float wn = (float)sqrt(tensor_sum(&G, q, partial, 2, 0));
+            const float un = (float)sqrt(tensor_sum(&G, q, partial, 2, 1));
+            wnorm[t] = wn;
+            unorm[t] = un;
+            coef[t] = trust_ratio1(wn, un, rh) * neg_lr;
+        }
+        for (int64_t s = b - 1; s >= a; s--) {
+            const span_t x = G.sp.s[s];
+            if (offset[s] >= 0)
+                span_lamb2_kept(PTR(p_ptrs, x.t, x.lo), kept + offset[s], coef[x.t], x.hi - x.lo);
+            else
+                span_lamb2(PTR(p_ptrs, x.t, x.lo), PTR(m_ptrs, x.t, x.lo), PTR(v_ptrs, x.t, x.lo), b1[x.t], b2s[x.t],
+                           h, coef[x.t], x.hi - x.lo);
+        }
+#pragma omp barrier /* the next group's pass 1 overwrites `kept` */
+    }
+    free(kept);
+    free(offset);
+    free(coef);
+    free(partial);
+    free_groups(&G);
+    return 0;
+}
+
+/* The step counters of LAMB (0-dim float32 tensors): *steps[t] += 1, out[t] = the new count. */
+int rt_count_steps(int n, const int64_t *step_ptrs, float *out) {
+    for (int t = 0; t < n; t++) {
+        float *s = (float *)(intptr_t)step_ptrs[t];
+        *s = *s + 1.0f;
+        out[t] = *s;
+    }
+    return 0;
+}
+
+/* trust_ratio1 over vectors, for the test that holds it equal to trust_ratio.trust_ratio. */
+int rt_trust_ratio(int n, const float *w, const float *u, float coefficient, float weight_decay, float eps,
+                   float *out) {
+    const ratio_hp_t rh = {coefficient, weight_decay, eps};
+    for (int t = 0; t < n; t++) out[t] = trust_ratio1(w[t], u[t], rh);
+    return 0;
+}
+
+int rt_abi_version(void) { return RT_ABI_VERSION; }
