@@ -16,6 +16,7 @@ assertions, so a failing assertion on one rank cannot leave the other waiting in
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import tempfile
@@ -64,6 +65,11 @@ def _bootstrap(fn: Callable, rank: int, world_size: int, port: int, outdir: str,
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
         LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
     )
+    # this rank's stderr into a file the test reports when the rank dies (an abort in a C++ library
+    # prints its reason there and nowhere else), with Python tracebacks of every thread on a fatal signal
+    err = open(Path(outdir) / f"rank{rank}.stderr", "w", buffering=1)
+    os.dup2(err.fileno(), 2)
+    faulthandler.enable(err, all_threads=True)
     import torch
 
     torch.set_num_threads(1)  # 2 ranks on 2 cores
@@ -85,6 +91,8 @@ class Result:
     check_seconds: list[dict[str, float]]  # per rank: wall time of each check
     exitcodes: list[int | None]
     seconds: float
+    stderr: list[str] = ()  # per rank: the end of what it wrote to stderr
+
 
     def assert_ok(self, name: str, ranks: list[int] | None = None) -> None:
         ranks = list(range(len(self.records))) if ranks is None else ranks
@@ -94,6 +102,8 @@ class Result:
             if got is None:
                 worker = self.records[r].get(WORKER, "did not finish")
                 problems.append(f"rank {r}: check {name!r} never ran (exit code {self.exitcodes[r]}); worker: {worker}")
+                if self.exitcodes[r] not in (0, None) and r < len(self.stderr) and self.stderr[r]:
+                    problems.append(f"rank {r} stderr (end):\n{self.stderr[r]}")
             elif got != "ok":
                 problems.append(f"rank {r}: {got}")
         if problems:
@@ -126,14 +136,17 @@ def run_workers(
             if p.is_alive():
                 p.kill()
                 p.join()
-        saved = []
+        saved, stderr = [], []
         for r in range(world_size):
             path = Path(outdir) / f"rank{r}.json"
             saved.append(json.loads(path.read_text()) if path.exists() else {})
+            err = Path(outdir) / f"rank{r}.stderr"
+            stderr.append(err.read_text(errors="replace")[-4000:] if err.exists() else "")
     return Result(
         records=[s.get("records", {}) for s in saved],
         metrics=[s.get("metrics", {}) for s in saved],
         check_seconds=[s.get("seconds", {}) for s in saved],
         exitcodes=[p.exitcode for p in procs],
         seconds=time.monotonic() - start,
+        stderr=stderr,
     )
