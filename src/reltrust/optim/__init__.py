@@ -6,6 +6,7 @@
 from reltrust.optim.fromage import Fromage, fromage_update
 from reltrust.optim.lamb import LAMB, lamb_update
 from reltrust.optim.lars import LARS, lars_update
+from reltrust.optim.muon import MuonAdamW
 from reltrust.optim.nero import Nero, nero_update
 from reltrust.optim.radam import RAdamSkip, radam_skip_update
 from reltrust.optim.registry import available, create, get, param_groups, register
@@ -15,10 +16,11 @@ register("fromage", Fromage)
 register("lars", LARS)
 register("lamb", LAMB)
 register("nero", Nero)
+register("muon", MuonAdamW)
 register("radam_skip", RAdamSkip)
 
 __all__ = [
-    "Fromage", "LARS", "LAMB", "Nero", "RAdamSkip",
+    "Fromage", "LARS", "LAMB", "Nero", "MuonAdamW", "RAdamSkip",
     "fromage_update", "lars_update", "lamb_update", "nero_update", "radam_skip_update",
     "norms", "trust_ratio",
     "available", "create", "get", "param_groups", "register",
