@@ -142,8 +142,9 @@ class Fromage(LayerwiseOptimizer):
             with torch.enable_grad():
                 loss = closure()
         # L for the depth-aware rule: the tensors this step moves by a trust ratio (host-side count)
-        self._budget_layers = max(1, sum(
-            1 for g in self.param_groups if g["trust_ratio"] for p in g["params"] if p.grad is not None))
+        if any(g.get("trust_budget") is not None for g in self.param_groups):
+            self._budget_layers = max(1, sum(
+                1 for g in self.param_groups if g["trust_ratio"] for p in g["params"] if p.grad is not None))
         super().step()
         return loss
 
