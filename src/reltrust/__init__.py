@@ -15,6 +15,7 @@ _LAZY = {
     "Fromage": ("reltrust.optim", "Fromage"),
     "LARS": ("reltrust.optim", "LARS"),
     "LAMB": ("reltrust.optim", "LAMB"),
+    "Nero": ("reltrust.optim", "Nero"),
     "TrustMonitor": ("reltrust.trust", "TrustMonitor"),
     "deep_relative_trust": ("reltrust.trust", "deep_relative_trust"),
     "perturbation_probe": ("reltrust.trust", "perturbation_probe"),
@@ -24,7 +25,7 @@ _LAZY = {
 
 __version__ = "0.1.0"
 __all__ = [
-    "Fromage", "LARS", "LAMB",
+    "Fromage", "LARS", "LAMB", "Nero",
     "TrustMonitor", "deep_relative_trust", "perturbation_probe", "relative_changes", "trust_surrogate",
     "optim", "trust", "__version__",
 ]

@@ -67,3 +67,41 @@ def lamb(ws, gs, state, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, trus
         r = wn / un if (trust and wn > 0 and un > 0) else 1.0
         out.append(w - lr * r * u)
     return out
+
+
+def nero(ws, gs, state, lr, beta=0.999, constraints=True, maximize=False):
+    """Nero (algorithms.md): rows of a ≥2-D tensor are neurons, each entry of a 1-D tensor one."""
+
+    def project(rows):
+        out = []
+        for r in rows:
+            r = r - float(r.sum()) / r.numel()
+            n = _norm(r)
+            out.append(r / n if n > 0 else r)
+        return out
+
+    out = []
+    for i, (w, g) in enumerate(zip(ws, gs)):
+        g = -g if maximize else g
+        n_rows = w.shape[0] if w.ndim else 1
+        rows = list(w.reshape(n_rows, -1).clone())
+        grows = list(g.reshape(n_rows, -1))
+        proj = constraints and w.ndim >= 2
+        t = state.get(("t", i), 0) + 1
+        state[("t", i)] = t
+        if t == 1:
+            if proj:
+                rows = project(rows)
+            sigma = sum(_norm(r) for r in rows) / n_rows
+            state[("sigma", i)] = sigma if sigma != 0 else 0.01
+        sigma = state[("sigma", i)]
+        v = state.get(("v", i), [0.0] * n_rows)
+        for k in range(n_rows):
+            v[k] = beta * v[k] + (1 - beta) * _norm(grows[k]) ** 2
+            if v[k] != 0:
+                rows[k] = rows[k] - lr * sigma * grows[k] / math.sqrt(v[k] / (1 - beta**t))
+        state[("v", i)] = v
+        if proj:
+            rows = project(rows)
+        out.append(torch.stack(rows).reshape(w.shape))
+    return out

@@ -1,4 +1,6 @@
 """Each optimiser against the independent float64 reference in references.py, every option."""
+import math
+
 import pytest
 import torch
 
@@ -137,3 +139,51 @@ def test_lamb_torch_path_blocks_on_cpu_and_one_multi_tensor_pass_elsewhere(monke
     assert sum(step("cpu", 1 << 30)) == len(pieces) and len(step("cpu", 1 << 30)) > 1
     assert sum(step("cpu", 0)) == 2 * len(pieces)  # recomputed for the update
     assert step("meta", 0) == [2]
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("tau", [0.1, 1.0])
+def test_depth_aware_fromage_matches_reference_with_eta_from_the_budget(tau, fused, foreach):
+    """trust_budget=τ: η = (1+τ)^(1/L) − 1 with L the tensors stepped (here 4, then 3 when one
+    has no gradient), against the float64 Fromage reference at that η; and each step's deep relative
+    trust Π(1 + η_l) − 1 is τ, η_l = ‖W_new − cW‖/‖cW‖ measured from the weights."""
+    ws, grads = problem()
+    grads[4][1] = None  # one step where a tensor has no gradient: L = 3
+    params = [torch.nn.Parameter(w.clone()) for w in ws]
+    opt = Fromage(params, trust_budget=tau, momentum=0.5, fused=fused, foreach=foreach)
+    states, cur = [{} for _ in ws], [w.clone() for w in ws]
+    for gs in grads:
+        stepped = [i for i, g in enumerate(gs) if g is not None]
+        eta = (1.0 + tau) ** (1.0 / len(stepped)) - 1.0
+        for p, g in zip(params, gs):
+            p.grad = None if g is None else g.clone()
+        before = [p.detach().clone() for p in params]
+        opt.step()
+        for i in stepped:  # one reference state per tensor (its keys are list positions)
+            cur[i] = ref.fromage([cur[i]], [gs[i]], states[i], lr=eta, momentum=0.5)[0]
+        for p, c in zip(params, cur):
+            torch.testing.assert_close(p.detach(), c, rtol=1e-12, atol=1e-12)
+        # W_new = c·W + ΔW with c = 1/√(1+η²): the layer's relative step ‖ΔW‖/‖cW‖ is η, so the
+        # product over the stepped layers (all with nonzero W and direction here) is 1 + τ
+        c = 1 / math.sqrt(1 + eta * eta)
+        rel = [float((params[i].detach() - c * before[i]).norm() / (c * before[i].norm())) for i in stepped]
+        if all(before[i].norm() > 0 for i in stepped) and not any(gs[i].norm() == 0 for i in stepped):
+            assert math.prod(1 + r for r in rel) - 1 == pytest.approx(tau, rel=1e-9)
+
+
+def test_trust_budget_and_lr_are_exclusive_with_one_line_errors():
+    p = torch.nn.Parameter(torch.randn(3, 2))
+    with pytest.raises(ValueError) as info:
+        Fromage([p], lr=0.01, trust_budget=0.1)
+    assert str(info.value) == ("Invalid lr: 0.01; lr and trust_budget are exclusive (trust_budget=0.1 chooses "
+                               "η = (1+τ)^(1/L) − 1): give one of them")
+    with pytest.raises(ValueError) as info:
+        Fromage([p], trust_budget=0.0)
+    assert str(info.value) == "Invalid trust_budget: 0.0; allowed range (0.0, inf)"
+    opt = Fromage([p], trust_budget=0.1)
+    assert opt.param_groups[0]["lr"] is None and Fromage([p]).param_groups[0]["lr"] == 0.01
+    opt.param_groups[0]["trust_budget"] = None
+    p.grad = torch.randn(3, 2)
+    with pytest.raises(ValueError, match=r"^Invalid lr: None; give lr \(≥ 0\) or trust_budget \(> 0\)$"):
+        opt.step()

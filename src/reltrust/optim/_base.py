@@ -175,7 +175,7 @@ TORCH_GROUP_KEYS = frozenset({
     "initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum", "swa_lr",
 })
 #: Switches a state saved before they existed may lack; the defaults fill them in (`__setstate__`).
-SWITCHES = frozenset({"foreach", "maximize", "fused", "trust_ratio", "cache_weight_norm"})
+SWITCHES = frozenset({"foreach", "maximize", "fused", "trust_ratio", "cache_weight_norm", "trust_budget"})
 
 
 class LayerwiseOptimizer(torch.optim.Optimizer):

@@ -51,6 +51,13 @@ class Fromage(LayerwiseOptimizer):
         lr: η, the relative step per layer, ≥ 0. 0.01 by default; 0.001 is the usual fine-tuning value.
             A number or a one-element tensor, as in torch's optimisers (a compiled step then follows
             its changes without recompiling; the native kernels read its value).
+        trust_budget: τ > 0, the depth-aware Fromage, instead of ``lr`` (giving both is an error).
+            Every step picks η = (1+τ)^(1/L) − 1, L the number of tensors that step updates with a
+            trust ratio (parameters with a gradient in groups with ``trust_ratio=True``, over all
+            groups), so that the step's deep relative trust Π_l(1+η) − 1 is exactly τ (each layer's
+            relative change is η/√(1+η²) ≈ η, see above). τ = 0.1 at L = 50 gives η ≈ 0.0019. The
+            groups then hold ``lr=None``: schedule ``trust_budget`` instead of ``lr`` (torch's LR
+            schedulers need a numeric lr). A tensor whose direction is zero still counts in L.
         p_bound: if set (> 0), after every step rescale any tensor whose norm exceeds
             p_bound × its norm at its first step back to that bound. Off by default; the paper's
             authors found p_bound = 1 best against overfitting on CIFAR-10 and Wikitext-2.
@@ -88,24 +95,36 @@ class Fromage(LayerwiseOptimizer):
     def __init__(
         self,
         params,
-        lr: float = 0.01,
+        lr: float | None = None,
         p_bound: float | None = None,
         momentum: float = 0.0,
         *,
+        trust_budget: float | None = None,
         foreach: bool | None = None,
         maximize: bool = False,
         fused: bool | None = None,
         cache_weight_norm: bool = False,
     ) -> None:
+        if lr is None and trust_budget is None:
+            lr = 0.01
         defaults = dict(
-            lr=lr, p_bound=p_bound, momentum=momentum, foreach=foreach, maximize=maximize, fused=fused,
+            lr=lr, trust_budget=trust_budget, p_bound=p_bound, momentum=momentum, foreach=foreach, maximize=maximize, fused=fused,
             cache_weight_norm=cache_weight_norm,
         )
         super().__init__(params, defaults)
 
     @staticmethod
     def _check_hyperparameters(group: dict[str, Any]) -> None:
-        check_lr(group["lr"])
+        budget = group.get("trust_budget")
+        if budget is not None:
+            check_float("trust_budget", budget, 0.0, low_open=True)
+            if group["lr"] is not None:
+                raise ValueError(f"Invalid lr: {group['lr']!r}; lr and trust_budget are exclusive (trust_budget={budget!r} "
+                                 "chooses η = (1+τ)^(1/L) − 1): give one of them")
+        elif group["lr"] is None:
+            raise ValueError("Invalid lr: None; give lr (≥ 0) or trust_budget (> 0)")
+        else:
+            check_lr(group["lr"])
         if group["p_bound"] is not None:
             check_float("p_bound", group["p_bound"], 0.0, low_open=True)
         check_float("momentum", group["momentum"], 0.0, 1.0)
@@ -116,6 +135,27 @@ class Fromage(LayerwiseOptimizer):
         if group["p_bound"] is not None and "initial_norm" not in state:
             state["initial_norm"] = scalar_state(p, math.nan)  # NaN: "not recorded yet"
 
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # L for the depth-aware rule: the tensors this step moves by a trust ratio (host-side count)
+        if any(g.get("trust_budget") is not None for g in self.param_groups):
+            self._budget_layers = max(1, sum(
+                1 for g in self.param_groups if g["trust_ratio"] for p in g["params"] if p.grad is not None))
+        super().step()
+        return loss
+
+    def budget_lr(self, group: dict[str, Any]) -> float | torch.Tensor:
+        """η of a group at this step: its lr, or (1+τ)^(1/L) − 1 for a group with a trust_budget τ
+        (L counted at the start of `step`)."""
+        budget = group.get("trust_budget")
+        if budget is None:
+            return group["lr"]
+        return (1.0 + float(budget)) ** (1.0 / self.__dict__.get("_budget_layers", 1)) - 1.0
+
     def _update(self, group: dict[str, Any], b: Bucket, foreach: bool) -> None:
         p_bound = group["p_bound"]
         b.weight_norm_out = fromage_update(
@@ -123,7 +163,7 @@ class Fromage(LayerwiseOptimizer):
             b.grads,
             b.state_list("momentum_buffer") if group["momentum"] > 0 else None,
             b.state_list("initial_norm") if p_bound is not None else None,
-            lr=scalar_arg(group["lr"], b.params[0]),  # a Python float, or a 0-dim tensor (no host read)
+            lr=scalar_arg(self.budget_lr(group), b.params[0]),  # a Python float, or a 0-dim tensor (no host read)
             momentum=float(group["momentum"]),
             p_bound=None if p_bound is None else float(p_bound),
             trust_ratio=group["trust_ratio"],

@@ -127,14 +127,17 @@ def create(
 ) -> torch.optim.Optimizer:
     """Build an optimiser by registered name (or class) over a model or an iterable of params/groups.
 
-    A module is turned into ``model.parameters()`` (only those that require grad); to exclude biases
+    A module is turned into ``model.parameters()`` (only those that require grad), except for a class
+    with ``routes_modules = True`` (MuonAdamW), which is given the module itself; to exclude biases
     and norm layers from decay and trust-ratio adaptation pass ``param_groups(model, wd)`` instead.
     """
     cls = get(name_or_class) if isinstance(name_or_class, str) else name_or_class
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise TypeError(f"create: expected a registered name or an Optimizer class, got {name_or_class!r}")
-    if isinstance(model_or_params, nn.Module):
-        params: Any = [p for p in model_or_params.parameters() if p.requires_grad]
+    if isinstance(model_or_params, nn.Module) and getattr(cls, "routes_modules", False):
+        params: Any = model_or_params  # it routes by module type ("muon": hidden Linear weights vs the rest)
+    elif isinstance(model_or_params, nn.Module):
+        params = [p for p in model_or_params.parameters() if p.requires_grad]
     else:
         params = model_or_params
     return cls(params, **hyperparameters)
