@@ -133,3 +133,15 @@ def test_bad_inputs_one_line_errors():
     other = MuonAdamW([p for p in m.parameters() if p.ndim != 2])
     with pytest.raises(ValueError, match="not routed as these"):
         opt.load_state_dict(other.state_dict())
+
+
+def test_the_workbench_with_weight_decay_still_routes_by_module():
+    """build_optimizer used to hand muon param_groups(model, wd) when weight_decay > 0: unmarked groups,
+    so the embedding and the head (2-D) went to Muon."""
+    from reltrust.workbench.spec import RunSpec
+    from reltrust.workbench.train import build_optimizer
+
+    m = LM()
+    opt = build_optimizer(RunSpec(study="t", dataset="digits", model="mlp", optimizer="muon", lr=0.02, weight_decay=0.1), m)
+    (muon,) = [g for g in opt.param_groups if g["use_muon"]]
+    assert ids(muon["params"]) == ids([m.fc1.weight, m.fc2.weight]) and muon["weight_decay"] == 0.1

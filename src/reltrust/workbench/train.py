@@ -79,6 +79,10 @@ def build_optimizer(spec: RunSpec, model: nn.Module, player: int = 0) -> torch.o
         raise ValueError(f"RunSpec.{field}_kwargs: give lr and weight_decay as RunSpec.{'lr' if player == 0 else 'lr2'}"
                          " / RunSpec.weight_decay")
     cls = get(name)
+    if spec.weight_decay > 0 and getattr(cls, "routes_modules", False):
+        # an optimiser that routes by module type (muon) needs the model itself, not param_groups'
+        # unmarked groups: weight decay goes to its hidden matrices (its AdamW part: adamw_weight_decay)
+        return create(cls, model, lr=lr, weight_decay=spec.weight_decay, **kwargs)
     if spec.weight_decay > 0:
         return create(cls, param_groups(model, spec.weight_decay), lr=lr, **kwargs)
     # weight_decay 0 means none at all: AdamW's default of 0.01 must not slip in unasked.
