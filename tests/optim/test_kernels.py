@@ -513,7 +513,7 @@ def test_cached_weight_norm_is_not_in_state_dict_and_load_drops_it():
 def test_blocked_grouped_and_streamed_kernels_give_identical_bits(monkeypatch):
     """Unsharded tensors go through the blocked kernels (whole small tensor per thread) or the
     grouped ones (all threads, group by group), both with the ratio in C; the streamed passes take
-    the ratio from trust_ratio.trust_ratio. All three must give the same bits."""
+    the ratio from _ratio.trust_ratio. All three must give the same bits."""
     shapes = [(64, 64), (64,), (300, 200), (1,), (5000,), (40000,)]
     cases = [c for c in CASES if "p_bound" not in c[1]] + [(Fromage, dict(lr=0.1, p_bound=1.0))]
     ways = {
@@ -571,8 +571,8 @@ def test_split_by_size_and_sharding(monkeypatch):
 
 
 def test_kernel_trust_ratio_is_the_twin_of_trust_ratio():
-    """The blocked kernels compute the ratio in C: it must round exactly as trust_ratio.trust_ratio."""
-    from reltrust.optim.trust_ratio import trust_ratio
+    """The blocked kernels compute the ratio in C: it must round exactly as _ratio.trust_ratio."""
+    from reltrust.optim import trust_ratio
 
     g = torch.Generator().manual_seed(0)
     edge = [0.0, 1.0, 0.0, float("inf"), float("nan"), 1e-30]
@@ -604,7 +604,7 @@ def one_rank_mesh():
 )
 def test_dtensor_shards_take_the_streamed_path_and_match_plain_tensors(one_rank_mesh, cls, kw):
     """Sharded DTensors need their norms reduced between the passes: they are streamed (ratio by
-    trust_ratio.trust_ratio on reduced norms), replicated ones and plain tensors are not; on one
+    _ratio.trust_ratio on reduced norms), replicated ones and plain tensors are not; on one
     rank all give the same bits."""
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from reltrust import LAMB, LARS, Fromage
 from reltrust.optim import _native
-from reltrust.optim.trust_ratio import trust_ratio
+from reltrust.optim import trust_ratio
 
 CASES = [
     (Fromage, dict(lr=0.01)),

@@ -90,10 +90,11 @@ def test_foreach_equals_per_tensor_exactly(cls, kw):
 def test_lamb_large_tensor_is_split_into_blocks_and_matches_reference(monkeypatch):
     """Tensors larger than a block are processed in pieces, their direction kept from the norm pass
     to the update (KEEP_BYTES large) or computed twice (KEEP_BYTES 0); the result must not change."""
+    import reltrust.optim._base as base_module
     import reltrust.optim.lamb as lamb_module
 
-    monkeypatch.setattr(lamb_module, "CHUNK", 16)
-    monkeypatch.setattr(lamb_module, "BLOCK", 40)
+    monkeypatch.setattr(base_module, "CHUNK", 16)
+    monkeypatch.setattr(base_module, "BLOCK", 40)
     ws = [torch.randn(9, 11, dtype=torch.float64), torch.randn(30, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
     grads = [[torch.randn_like(w) for w in ws] for _ in range(4)]
     expected = reference(ref.lamb, dict(lr=0.02, weight_decay=0.05), ws, grads)
@@ -113,6 +114,7 @@ def test_lamb_torch_path_blocks_on_cpu_and_one_multi_tensor_pass_elsewhere(monke
     """On CPU the torch path builds LAMB's direction block by block (computed once per block when
     the step's u fits in KEEP_BYTES, else twice); on other devices (here `meta`, which runs the
     same Python) once, for all tensors together, as cache_blocks does there."""
+    import reltrust.optim._base as base_module
     import reltrust.optim.lamb as lamb_module
 
     calls = []
@@ -123,8 +125,8 @@ def test_lamb_torch_path_blocks_on_cpu_and_one_multi_tensor_pass_elsewhere(monke
         return direction(params, *args, **kwargs)
 
     monkeypatch.setattr(lamb_module, "_direction", spy)
-    monkeypatch.setattr(lamb_module, "CHUNK", 16)
-    monkeypatch.setattr(lamb_module, "BLOCK", 40)
+    monkeypatch.setattr(base_module, "CHUNK", 16)
+    monkeypatch.setattr(base_module, "BLOCK", 40)
 
     def step(device, keep):
         monkeypatch.setattr(lamb_module, "KEEP_BYTES", keep)

@@ -10,7 +10,7 @@ from reltrust.optim.muon import MuonAdamW
 from reltrust.optim.nero import Nero, nero_update
 from reltrust.optim.radam import RAdamSkip, radam_skip_update
 from reltrust.optim.registry import available, create, get, param_groups, register
-from reltrust.optim.trust_ratio import norms, trust_ratio
+from reltrust.optim._ratio import norms, trust_ratio
 
 register("fromage", Fromage)
 register("lars", LARS)

@@ -26,7 +26,8 @@ import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
 from reltrust.optim import _native
-from reltrust.optim.trust_ratio import compute_dtype, local
+from reltrust._dtensor import local
+from reltrust.optim._ratio import compute_dtype
 
 
 class ops:
@@ -80,11 +81,48 @@ class ops:
                 o.copy_(s)
 
 
+# On CPU the torch path runs a sequence of elementwise ops block by block (`cache_blocks`): pieces of
+# at most CHUNK elements, BLOCK elements at a time, so each block's operands and temporaries stay in
+# cache however large a tensor is.
+CHUNK = 1 << 19
+BLOCK = 1 << 21
+
+
+def _pieces(tensor_lists: list[list[torch.Tensor]]) -> list[tuple[int, list[torch.Tensor]]]:
+    """Split tensor i of every list into aligned flat pieces of ≤ CHUNK elements: (i, [views…]).
+
+    Tensors that are not all contiguous stay whole (elementwise ops handle their strides)."""
+    pieces = []
+    for i, group in enumerate(zip(*tensor_lists)):
+        n = group[0].numel()
+        if n <= CHUNK or not all(t.is_contiguous() for t in group):
+            pieces.append((i, list(group)))
+            continue
+        flat = [t.view(-1) for t in group]
+        for start in range(0, n, CHUNK):
+            pieces.append((i, [f[start : start + CHUNK] for f in flat]))
+    return pieces
+
+
+def _blocks(pieces):
+    """Consecutive runs of pieces holding about BLOCK elements each."""
+    block, size = [], 0
+    for piece in pieces:
+        block.append(piece)
+        size += piece[1][0].numel()
+        if size >= BLOCK:
+            yield block
+            block, size = [], 0
+    if block:
+        yield block
+
+
+
 def cache_blocks(lists: Sequence[Sequence[torch.Tensor]], foreach: bool):
     """Aligned sub-lists (with the tensor index of each entry) on which to run a sequence of
     elementwise in-place ops so that each op after the first finds its operands in cache: one
-    tensor at a time (foreach=False); on CPU, blocks of about `lamb.BLOCK` elements, tensors larger
-    than `lamb.CHUNK` cut into flat pieces; on other devices the whole lists at once (one
+    tensor at a time (foreach=False); on CPU, blocks of about `BLOCK` elements, tensors larger
+    than `CHUNK` cut into flat pieces; on other devices the whole lists at once (one
     multi-tensor kernel per op). Yields (indices, [sub-list per list]). Elementwise the arithmetic
     is the same however the lists are cut."""
     if not foreach:
@@ -94,8 +132,6 @@ def cache_blocks(lists: Sequence[Sequence[torch.Tensor]], foreach: bool):
     if lists[0][0].device.type != "cpu":
         yield list(range(len(lists[0]))), [list(ts) for ts in lists]
         return
-    from reltrust.optim.lamb import _blocks, _pieces  # lamb imports this module
-
     for block in _blocks(_pieces([list(ts) for ts in lists])):
         yield [i for i, _ in block], [[views[j] for _, views in block] for j in range(len(lists))]
 
@@ -388,7 +424,7 @@ class Bucket:
 
     `params`/`grads` are what the update rule reads and writes: the local shards themselves, or
     float32 copies for 16-bit tensors that `run` writes back. `like` keeps the original parameters,
-    whose DTensor placements tell `trust_ratio.norms` what to reduce. `states` are the per-parameter
+    whose DTensor placements tell `_ratio.norms` what to reduce. `states` are the per-parameter
     state dicts, whose tensors the update reads through `local`.
     """
 

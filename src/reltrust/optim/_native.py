@@ -16,7 +16,7 @@ and weight update, LAMB's weight update — each optionally also returning the n
 * streamed — sharded (DTensor) tensors: a norm pass over all of them, the norms reduced across
   shards and turned into ratios by `trust_ratio` in torch, then an update pass.
 
-The first two compute the ratio in C (`trust_ratio1`, tested bit-equal to `trust_ratio.trust_ratio`);
+The first two compute the ratio in C (`trust_ratio1`, tested bit-equal to `_ratio.trust_ratio`);
 all three give identical bits.
 
 They are compiled by the system C compiler (``$CC``, else ``cc``/``gcc``; about a second) into the
@@ -55,7 +55,7 @@ from importlib import resources
 
 import torch
 
-from reltrust.optim.trust_ratio import sharded_indices
+from reltrust._dtensor import sharded_indices
 
 _SOURCES = resources.files("reltrust.optim._cpp")
 
@@ -400,7 +400,7 @@ def _l3_bytes() -> int:
 #: (3/4 of a 32 MiB L3 lets LAMB keep u for 768×3072 matrices). 0 turns either off.
 BLOCKED_BYTES = _l2_bytes()
 GROUP_BYTES = min(_l3_bytes() * 3 // 4, 64 << 20)
-#: False: every tensor takes the streamed passes with the ratio by trust_ratio.trust_ratio (tests
+#: False: every tensor takes the streamed passes with the ratio by _ratio.trust_ratio (tests
 #: compare the three ways bit for bit).
 IN_KERNEL_RATIO = True
 
@@ -632,7 +632,7 @@ def advise_huge_pages(t: torch.Tensor) -> bool:
 def trust_ratio(weight_norm: torch.Tensor, update_norm: torch.Tensor, *, coefficient: float = 1.0,
                 weight_decay: float = 0.0, eps: float = 0.0) -> torch.Tensor:
     """The kernels' own trust ratio (used by the blocked kernels), over float32 CPU vectors; equal to
-    `trust_ratio.trust_ratio` bit for bit (tested)."""
+    `_ratio.trust_ratio` bit for bit (tested)."""
     w, u = _vec(weight_norm), _vec(update_norm)
     out = _out(len(w))
     _lib.rt_trust_ratio(len(w), w.data_ptr(), u.data_ptr(), coefficient, weight_decay, eps, out.data_ptr())

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from reltrust.optim import _native
-from reltrust.optim import trust_ratio as tr
+from reltrust.optim import _ratio as tr
 from reltrust.optim._base import (
     Bucket, LayerwiseOptimizer, cache_blocks, check_float, check_lr, filled, fused_choice, ops, per_tensor, scalar_arg,
     scalar_state, state_zeros,
@@ -271,7 +271,7 @@ def _fromage_native(params, grads, momentum_buffers, initial_norms, *, lr, momen
     core's L2, one thread each) or per group of tensors (grouped: about half the last-level cache,
     all threads), so the update pass finds W and u in cache. Sharded tensors (their norms must be
     reduced across ranks between the passes) are streamed: one pass for the norms (and the momentum
-    update), `trust_ratio.trust_ratio` on the reduced norms, one pass for p ← (p + coef·u)·c.
+    update), `_ratio.trust_ratio` on the reduced norms, one pass for p ← (p + coef·u)·c.
     With p_bound, a rescale of only the tensors that exceed their bound. `weight_norm`: local norms
     of `params` known from the previous step's update pass (then W is not read for them); the update
     pass returns the new ones when p_bound or the caller needs them.

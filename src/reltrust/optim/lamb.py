@@ -6,22 +6,20 @@ from typing import Any
 import torch
 
 from reltrust.optim import _native
-from reltrust.optim import trust_ratio as tr
+from reltrust.optim import _ratio as tr
 from reltrust.optim._base import (
     Bucket, LayerwiseOptimizer, cache_blocks, check_float, check_lr, filled, fused_choice, ops, per_tensor, scalar_arg,
     step_state,
     state_zeros,
 )
 
-# Torch path on CPU: the Adam direction u is built for pieces of at most CHUNK elements, BLOCK
+# Torch path on CPU: the Adam direction u is built for pieces of at most _base.CHUNK elements, BLOCK
 # elements at a time, so each block's temporaries stay in cache however large a tensor is. A step
 # whose u takes at most KEEP_BYTES keeps every block's u from the norm pass to the update; a larger
 # one computes it twice (once for ‖u‖, once for the update) rather than allocate and page in a
 # model-sized buffer. On other devices u is built once for all tensors (one multi-tensor kernel per
 # op, as `cache_blocks` does there; transient memory like torch's foreach Adam's, two copies of the
 # bucket).
-CHUNK = 1 << 19
-BLOCK = 1 << 21
 KEEP_BYTES = 64 << 20
 
 
@@ -118,35 +116,6 @@ class LAMB(LayerwiseOptimizer):
             like=b.like,
             fused=fused_choice(group),
         )
-
-
-def _pieces(tensor_lists: list[list[torch.Tensor]]) -> list[tuple[int, list[torch.Tensor]]]:
-    """Split tensor i of every list into aligned flat pieces of ≤ CHUNK elements: (i, [views…]).
-
-    Tensors that are not all contiguous stay whole (elementwise ops handle their strides)."""
-    pieces = []
-    for i, group in enumerate(zip(*tensor_lists)):
-        n = group[0].numel()
-        if n <= CHUNK or not all(t.is_contiguous() for t in group):
-            pieces.append((i, list(group)))
-            continue
-        flat = [t.view(-1) for t in group]
-        for start in range(0, n, CHUNK):
-            pieces.append((i, [f[start : start + CHUNK] for f in flat]))
-    return pieces
-
-
-def _blocks(pieces):
-    """Consecutive runs of pieces holding about BLOCK elements each."""
-    block, size = [], 0
-    for piece in pieces:
-        block.append(piece)
-        size += piece[1][0].numel()
-        if size >= BLOCK:
-            yield block
-            block, size = [], 0
-    if block:
-        yield block
 
 
 def _direction(params, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, *, eps, weight_decay, maximize, foreach):
@@ -267,7 +236,7 @@ def _lamb_native(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta
     computed and dropped), pass 2 recomputes u from m and v and updates W: 40 bytes per element.
     Unsharded tensors run both passes and the ratio per tensor (blocked) or per group (grouped), so
     pass 2 reads from cache (28 bytes from memory); sharded ones are streamed with
-    `trust_ratio.trust_ratio` on the reduced norms (see `_fromage_native`)."""
+    `_ratio.trust_ratio` on the reduced norms (see `_fromage_native`)."""
     n = len(params)
     t = _native.count_steps(steps)
     if t is None:

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 
 from reltrust.optim import _native
-from reltrust.optim import trust_ratio as tr
+from reltrust.optim import _ratio as tr
 from reltrust.optim._base import (
     Bucket, LayerwiseOptimizer, cache_blocks, check_flag, check_float, check_lr, filled, fused_choice, ops, per_tensor,
     scalar_arg, state_zeros,
@@ -200,7 +200,7 @@ def _lars_native(params, grads, bufs, *, lr, momentum, weight_decay, trust_coeff
                  maximize, like, weight_norm, return_weight_norm):
     """The same step on the native kernels: unsharded tensors blocked or grouped (norm pass, ratio,
     update pass per tensor or group, the update from cache; see `_fromage_native`), sharded ones
-    streamed: a norm pass, `trust_ratio.trust_ratio` on the reduced norms, and one pass for
+    streamed: a norm pass, `_ratio.trust_ratio` on the reduced norms, and one pass for
     v ← μ·v + (±η·r)·g + η·r·λ·W, W ← W − v (or the Nesterov form)."""
     n = len(params)
     new_local = torch.empty(n, dtype=torch.float32) if return_weight_norm else None

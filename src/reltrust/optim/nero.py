@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from reltrust.optim._base import Bucket, LayerwiseOptimizer, check_float, check_flag, check_lr, scalar_arg, scalar_state
-from reltrust.optim.trust_ratio import is_dtensor, local
+from reltrust._dtensor import is_dtensor, local
 
 #: σ where the mean neuron norm at the first step is 0 (zero-initialised biases), as in the paper
 ZERO_SCALE = 0.01
@@ -129,7 +129,7 @@ class Nero(LayerwiseOptimizer):
 def _row_state(p: torch.Tensor) -> torch.Tensor:
     """Zeros, one per neuron of `p` (shape p.shape[:1]), in p's compute dtype; for a DTensor `p` a
     DTensor whose rows are placed as p's (Shard on dim 0 kept, any other placement Replicate)."""
-    from reltrust.optim.trust_ratio import compute_dtype
+    from reltrust.optim._ratio import compute_dtype
 
     shape = tuple(p.shape[:1])
     dtype = compute_dtype(p.dtype)

@@ -40,6 +40,8 @@ from typing import Any, Union
 import torch
 from torch import nn
 
+from reltrust._dtensor import full
+
 StateLike = Union[nn.Module, Mapping[str, Any], str, os.PathLike]
 Patterns = Union[str, re.Pattern, Sequence[Union[str, re.Pattern]], None]
 
@@ -135,7 +137,7 @@ def _named_tensors(obj: StateLike, arg: str) -> tuple[dict[str, torch.Tensor], s
             continue  # e.g. `_extra_state` entries
         if not isinstance(name, str):
             raise TypeError(f"{arg}: state dict keys must be strings, got {name!r}")
-        t = _full(t.detach())
+        t = full(t.detach())
         if t.numel() > 0 and t.layout == torch.strided and t.device.type != "meta":
             key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
             if key in seen:
@@ -147,13 +149,6 @@ def _named_tensors(obj: StateLike, arg: str) -> tuple[dict[str, torch.Tensor], s
             out = {k[len(prefix):]: v for k, v in out.items()}
             aliases = {k[len(prefix):] for k in aliases}
     return out, aliases
-
-
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """Gather a DTensor to its full logical tensor; plain tensors pass through."""
-    if hasattr(t, "full_tensor") and hasattr(t, "placements"):
-        return t.full_tensor()
-    return t
 
 
 # ----------------------------------------------------------------------------------------------

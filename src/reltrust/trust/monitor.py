@@ -51,7 +51,8 @@ import torch
 from torch import nn
 
 from reltrust.optim import _native
-from reltrust.optim.trust_ratio import is_dtensor, local, norms
+from reltrust._dtensor import full, is_dtensor, local
+from reltrust.optim._ratio import norms
 from reltrust.trust.distance import Patterns, _compile, _selected
 
 _SPECTRAL = ("lanczos", "exact")
@@ -189,7 +190,7 @@ class TrustMonitor:
     def _top_singular_values(self) -> torch.Tensor:
         out = []
         for i, p in enumerate(self._params):
-            p = p.detach().full_tensor() if is_dtensor(p) else p.detach()
+            p = full(p.detach())
             w = p.reshape(p.shape[0], -1)
             if w.dtype not in (torch.float32, torch.float64):
                 w = w.float()

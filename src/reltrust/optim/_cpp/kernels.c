@@ -13,12 +13,12 @@
  *
  *   streamed (rt_norms, rt_*_update, ...): all spans of all selected tensors split statically over
  *     the threads, one pass per call; between the norm pass and the update pass the caller turns
- *     norms into ratios (`reltrust.optim.trust_ratio`, which also reduces the norms of sharded
+ *     norms into ratios (`reltrust.optim._ratio`, which also reduces the norms of sharded
  *     tensors). Every tensor is read from memory once per pass.
  *   blocked (rt_*_blocked): for tensors small enough to stay in a core's L2 cache between the two
  *     passes: each thread takes whole tensors and does norm pass, trust ratio and update pass on
  *     one tensor before the next, so the update reads the tensor from cache, not memory. The ratio
- *     is computed here by `trust_ratio1`, the exact float32 twin of trust_ratio.trust_ratio (tests
+ *     is computed here by `trust_ratio1`, the exact float32 twin of _ratio.trust_ratio (tests
  *     hold them equal); only for tensors whose norms need no reduction across shards.
  *
  * Both ways run the same span functions (span_*) in the same order, so they give identical bits.
@@ -334,7 +334,7 @@ static void span_lamb2_kept(float *restrict p, const float *restrict u, float k,
     PLAIN_LOOP(len, r = fmaf(u[i], k, p[i]); p[i] = r);
 }
 
-/* The trust ratio of one tensor: the float32 twin of reltrust.optim.trust_ratio.trust_ratio,
+/* The trust ratio of one tensor: the float32 twin of reltrust.optim._ratio.trust_ratio,
  *     κ‖W‖ / (‖u‖ + λ‖W‖ + ε), exactly 1 where ‖W‖ = 0 or ‖u‖ = 0, and NaN where either is NaN or
  * inf (so that the tensor's whole step is NaN), rounded as torch rounds it: ((u + λ·w) + ε), then
  * (κ·w) / that. */
@@ -889,7 +889,7 @@ int rt_count_steps(int n, const int64_t *step_ptrs, float *out) {
     return 0;
 }
 
-/* trust_ratio1 over vectors, for the test that holds it equal to trust_ratio.trust_ratio. */
+/* trust_ratio1 over vectors, for the test that holds it equal to _ratio.trust_ratio. */
 int rt_trust_ratio(int n, const float *w, const float *u, float coefficient, float weight_decay, float eps,
                    float *out) {
     const ratio_hp_t rh = {coefficient, weight_decay, eps};

@@ -16,7 +16,7 @@ coefficient, λ=weight decay, u=g.
 DTensor (FSDP2) parameters: the norm is taken of the local shard, squared, and summed across the
 mesh dimensions the tensor is sharded over by one all-reduce per (mesh, sharded dims) — a vector of N
 floats for N tensors, never a gather of a parameter or gradient. Arithmetic elsewhere runs on the local
-shards (`local`), which avoids DTensor ops without a sharding strategy (e.g. `aten._foreach_copy_`).
+shards (`reltrust._dtensor.local`), which avoids DTensor ops without a sharding strategy (e.g. `aten._foreach_copy_`).
 
 The ratios come back as one vector (N,) on the tensors' device; `.unbind()` gives the 0-dim tensors that
 `torch._foreach_addcmul_` / `_foreach_mul_` take, so no value ever goes to the host.
@@ -24,53 +24,16 @@ The ratios come back as one vector (N,) on the tensors' device; `.unbind()` give
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 
-
-def is_dtensor(t: torch.Tensor) -> bool:
-    """True for a DTensor. Importing `torch.distributed.tensor` costs seconds, and a DTensor can only
-    exist once it is imported, so the check looks the module up instead of importing it."""
-    module = sys.modules.get("torch.distributed.tensor")
-    return module is not None and isinstance(t, module.DTensor)
-
-
-def local(t: torch.Tensor) -> torch.Tensor:
-    """The local shard of a DTensor (a view sharing its storage); a plain tensor unchanged."""
-    return t.to_local() if is_dtensor(t) else t
+from reltrust._dtensor import is_dtensor, local, reduce_norms, sharded_indices  # noqa: F401 (used via tr.*)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Norms and update arithmetic run in float32 for 16-bit tensors, in the tensor's dtype otherwise."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _sharded_groups(like: Sequence[torch.Tensor]) -> dict[tuple, list[int]]:
-    """Indices of the DTensors in `like`, keyed by (mesh, mesh dims they are sharded over)."""
-    groups: dict[tuple, list[int]] = {}
-    for i, t in enumerate(like):
-        if not is_dtensor(t):
-            continue
-        dims = []
-        for d, placement in enumerate(t.placements):
-            if placement.is_partial():
-                raise NotImplementedError(
-                    "reltrust optimisers take the norm of whole tensors; a parameter or gradient with a "
-                    f"Partial placement ({t.placements}) must be reduced first"
-                )
-            if placement.is_shard():
-                dims.append(d)
-        if dims:
-            groups.setdefault((t.device_mesh, tuple(dims)), []).append(i)
-    return groups
-
-
-def sharded_indices(like: Sequence[torch.Tensor]) -> set[int]:
-    """Indices of the tensors in `like` whose norms `reduce_norms` combines across shards."""
-    return {i for idx in _sharded_groups(like).values() for i in idx}
 
 
 def norms(
@@ -96,21 +59,6 @@ def norms(
     else:
         per_tensor = [torch.linalg.vector_norm(t, 2, dtype=dtype) for t in shards]
     return reduce_norms(torch.stack(per_tensor), like if like is not None else tensors)
-
-
-def reduce_norms(local_norms: torch.Tensor, like: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Turn a vector of norms of local shards into norms of the whole logical tensors, in place.
-
-    Entry i is combined across the mesh dimensions over which `like[i]` (a DTensor) is sharded:
-    ‖W‖ = √(Σ_shards ‖W_shard‖²), one all-reduce per (mesh, sharded dims). Plain tensors: unchanged.
-    """
-    for (mesh, dims), idx in _sharded_groups(like).items():
-        index = torch.tensor(idx, device=local_norms.device)
-        squares = local_norms.index_select(0, index).square_()
-        for d in dims:
-            dist.all_reduce(squares, group=mesh.get_group(d))
-        local_norms.index_copy_(0, index, squares.sqrt_())
-    return local_norms
 
 
 def trust_ratio(
