@@ -265,6 +265,16 @@ class TrustMonitor:
         """‖W_l‖ at the start of each step, shape (steps, layers)."""
         return self._table()[:, 0]
 
+    @torch.no_grad()
+    def current_norm(self) -> torch.Tensor:
+        """‖W_l‖ of every layer now, shape (layers,), CPU float64: e.g. after the last step, which
+        `norm` (taken at the start of each step) does not hold."""
+        if self._one_device:
+            now = norms(self._locals, like=self._params, dtype=self._norm_dtype)
+        else:
+            now = torch.stack([torch.linalg.vector_norm(t, dtype=self._norm_dtype).to(self._device) for t in self._locals])
+        return now.to("cpu", torch.float64)
+
     @property
     def update_norm(self) -> torch.Tensor:
         """‖ΔW_l‖ of each step, shape (steps, layers)."""

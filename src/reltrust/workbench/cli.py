@@ -236,6 +236,8 @@ def reproduce_command(args: argparse.Namespace) -> int:
         if not getattr(args, "report_only", False) and todo:
             previous = signal.signal(signal.SIGTERM, _raise_terminated)
             try:
+                if study.prepare is not None:
+                    study.prepare(specs, out, data_dir=args.data_dir)
                 summary = run_sweep(specs, store, workers=args.workers, threads=args.threads, device=device,
                                     data_dir=args.data_dir, progress=progress)
                 print(summary.line(), flush=True)

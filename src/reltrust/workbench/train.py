@@ -145,10 +145,13 @@ def fit(
     data_dir: str | None = None,
     progress: bool | None = None,
     parallel: str | None = None,
+    models_out: dict[str, nn.Module] | None = None,
 ) -> RunRecord:
     """Train and evaluate one run as `spec` says (see the module doc). Errors propagate to the caller
     (the runner records them as crashes); divergence does not raise. `parallel`: None, "fsdp" or
-    "ddp" (needs an initialised default process group; every rank calls `fit`)."""
+    "ddp" (needs an initialised default process group; every rank calls `fit`). `models_out`: a dict
+    that, when given, receives the trained models (player → module, as they end the run) for a caller
+    that uses them afterwards (e.g. the norm study's scoring classifier)."""
     t_start = time.perf_counter()
     shard = None
     if parallel is not None:
@@ -283,6 +286,8 @@ def fit(
         diverged_at=diverged_at,
     )
     final.update(_evaluate(task, models, "test"))
+    if models_out is not None:
+        models_out.update(models)
 
     return RunRecord(
         spec=spec,

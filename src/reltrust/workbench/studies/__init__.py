@@ -20,6 +20,7 @@ STUDIES = {
     "variance": "reltrust.workbench.studies.variance",
     "warmup": "reltrust.workbench.studies.warmup",
     "large-batch": "reltrust.workbench.studies.large_batch",
+    "norms": "reltrust.workbench.studies.norms",
 }
 
 

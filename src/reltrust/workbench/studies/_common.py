@@ -30,6 +30,9 @@ class Study:
     build_grid: Callable[..., list[RunSpec]]  # (config, seeds) -> specs
     analyse: Callable[..., Path]  # (store, out_dir, specs=None, command=None) -> report path
     quick_minutes: float
+    # optional: (specs, out_dir, data_dir=...) -> None, run by `reproduce` before the sweep (e.g. to
+    # train once what every run of the grid shares)
+    prepare: Callable[..., None] | None = None
 
     def __post_init__(self) -> None:
         missing = [s for s in SIZES if s not in self.configs]

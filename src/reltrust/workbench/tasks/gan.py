@@ -14,11 +14,25 @@
 - Metrics, in eval mode, on up to ``eval_examples`` (task_kwargs, default 2048) real images of a
   split against as many fakes from latents and labels fixed for the split: ``d_loss`` and ``g_loss``
   as above. There is no metric to stop early on, and no data-parallel split.
+- Optional (task_kwargs; off by default, so specs without them run as before):
+  ``monitor_every`` (int k > 0): a `reltrust.trust.TrustMonitor` on each player's optimiser (σ₁
+  every k steps); `info()` then holds ``trust``: player → layers, shapes, ``steps`` (0, k, 2k, …,
+  last), ``norm`` (‖W‖_F of each monitored tensor after those steps) and ``spectral_steps`` /
+  ``top_singular_value``. Monitored: the ≥ 2-d parameters the optimisers update (biases excluded;
+  under spectral norm the stored ``parametrizations.weight.original``, not W/σ₁).
+  ``scorer`` (dict of `reltrust.workbench.quality.scorer_spec` settings: epochs, width, seed): the
+  metrics gain ``label_acc`` (the scorer's accuracy at recovering each fake's label) and ``cfd``
+  (classifier Fréchet distance between the split's real images and the fakes, in the scorer's
+  penultimate features).
+- Probe ``{"name": "samples", "at_epochs": [...], "per_class": n, "seed": s}`` (on the generator):
+  n images per class from latents drawn with seed s (the same for every run), as uint8 pixels.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+
+import base64
 
 import torch
 from torch import nn
@@ -47,7 +61,7 @@ class GANTask(ShuffledTask):
     RUNNING = ("d_loss", "g_loss")
     MONITOR = None
     PARALLEL = False
-    TASK_KWARGS = {"eval_examples": 2048}
+    TASK_KWARGS = {"eval_examples": 2048, "monitor_every": 0, "scorer": {}}
 
     def __init__(self, spec, *, device, data_dir=None):
         super().__init__(spec, device=device, data_dir=data_dir)
@@ -66,6 +80,28 @@ class GANTask(ShuffledTask):
         }
         self.n = len(self.splits["train"][1])
         self._fixed: dict[str, tuple[torch.Tensor, ...]] = {}
+        every = self.options["monitor_every"]
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise TaskError(f"RunSpec.task_kwargs.monitor_every must be an int >= 0 (0: off), got {every!r}")
+        self._monitors = None
+        self.scorer = None
+        scorer = self.options["scorer"]
+        if not isinstance(scorer, dict):
+            raise TaskError(f"RunSpec.task_kwargs.scorer must be a dict of scorer settings, got {scorer!r}")
+        if scorer:
+            from reltrust.workbench import quality
+
+            unknown = sorted(set(scorer) - set(quality.SCORER_DEFAULTS))
+            if unknown:
+                raise TaskError(f"RunSpec.task_kwargs.scorer: {unknown} not known; allowed: {', '.join(quality.SCORER_DEFAULTS)}")
+            try:
+                sspec = quality.scorer_spec(spec.dataset, val_fraction=spec.val_fraction, split_seed=spec.split_seed,
+                                            **{**quality.SCORER_DEFAULTS, **scorer})
+            except ValueError as e:
+                raise TaskError(f"RunSpec.task_kwargs.scorer: {e}") from None
+            self.scorer = quality.load_scorer(sspec, data_dir=data_dir, device=device)
+            self.METRICS = (*self.METRICS, "label_acc", "cfd")
+            self._real_features: dict[str, torch.Tensor] = {}
 
     def build(self) -> dict[str, nn.Module]:
         from reltrust.workbench.models import Discriminator, Generator
@@ -88,6 +124,11 @@ class GANTask(ShuffledTask):
         g, d = models["generator"], models["discriminator"]
         opt_g, opt_d = optimizers["generator"], optimizers["discriminator"]
         idx, z, y_fake = batch
+        if self._monitors is None and self.options["monitor_every"]:
+            from reltrust.trust import TrustMonitor
+
+            self._monitors = {p: TrustMonitor(optimizers[p], models[p], every=self.options["monitor_every"])
+                              for p in self.PLAYERS}
         x, y = self.splits["train"][0][idx], self.splits["train"][1][idx]
         opt_d.zero_grad(set_to_none=True)
         with torch.no_grad():
@@ -121,10 +162,53 @@ class GANTask(ShuffledTask):
     def evaluate(self, models, split: str) -> dict[str, float]:
         x, y, z, y_fake = self._eval_batch(split)
         with eval_mode(models):
-            fake_scores = models["discriminator"](models["generator"](z, y_fake), y_fake)
+            fake = models["generator"](z, y_fake)
+            fake_scores = models["discriminator"](fake, y_fake)
             real_scores = models["discriminator"](x, y)
-        return {"d_loss": float(hinge_d_loss(real_scores, fake_scores)), "g_loss": float(hinge_g_loss(fake_scores))}
+        out = {"d_loss": float(hinge_d_loss(real_scores, fake_scores)), "g_loss": float(hinge_g_loss(fake_scores))}
+        if self.scorer is not None:
+            from reltrust.workbench.quality import frechet_distance, label_accuracy
+
+            if split not in self._real_features:
+                self._real_features[split] = self.scorer.logits_and_features(x)[1]
+            logits, feats = self.scorer.logits_and_features(fake)
+            out["label_acc"] = label_accuracy(logits, y_fake)
+            out["cfd"] = frechet_distance(self._real_features[split], feats)
+        return out
+
+    @torch.no_grad()
+    def probe(self, model: nn.Module, probe) -> dict[str, Any]:
+        name = probe.get("name")
+        if name != "samples":
+            raise TaskError(f"RunSpec.probe: unknown probe {name!r} for task 'gan'; known: samples")
+        per_class, seed = probe.get("per_class", 8), probe.get("seed", 0)
+        if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+            raise TaskError(f"RunSpec.probe.per_class must be an int >= 1, got {per_class!r}")
+        k = self.data.num_classes
+        gen = torch.Generator().manual_seed(int(seed))
+        z = torch.randn(k * per_class, self.model_kwargs["latent_dim"], generator=gen).to(self.device)
+        y = torch.arange(k).repeat_interleave(per_class).to(self.device)
+        with eval_mode({"generator": model}):
+            img = model(z, y)
+        pixels = ((img.float().cpu().nan_to_num(0.0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return {"per_class": per_class, "seed": int(seed), "shape": [k, per_class, *pixels.shape[1:]],
+                "pixels_uint8_base64": base64.b64encode(pixels.numpy().tobytes()).decode("ascii")}
+
+    def trust_traces(self) -> dict[str, Any]:
+        """player → the monitor's trace (see the module doc); {} when no monitor ran."""
+        out = {}
+        for p, m in (self._monitors or {}).items():
+            m.detach()
+            k, norm, steps = m.every, m.norm, len(m)
+            keep = sorted({t for t in range(0, steps, k)} | {steps})
+            rows = [(m.current_norm() if t == steps else norm[t]).tolist() for t in keep]
+            out[p] = {"layers": list(m.layers), "shapes": [list(s) for s in m.shapes], "steps": keep, "norm": rows,
+                      "spectral_steps": m.spectral_steps, "top_singular_value": m.top_singular_value.tolist()}
+        return out
 
     def info(self) -> dict[str, Any]:
         return {"data_source": getattr(self.data, "source", None), "num_classes": self.data.num_classes,
-                "n_train": self.n, "n_val": len(self.splits["val"][1])}
+                "n_train": self.n, "n_val": len(self.splits["val"][1]),
+                **({"trust": self.trust_traces()} if self._monitors else {}),
+                **({"scorer": {"spec": self.scorer.spec.to_dict(), "sha256": self.scorer.sha,
+                               "held_out": self.scorer.held_out}} if self.scorer is not None else {})}
