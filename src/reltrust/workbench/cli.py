@@ -137,6 +137,42 @@ def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # seconds-long grid for the tests
     p.add_argument("--list", action="store_true", help="list the studies, each with what it tests and its quick cost")
+    add_executor_arguments(p)
+
+
+def sbatch_arg(value: str) -> tuple[str, str]:
+    """An argparse type for --sbatch: KEY=VALUE (an sbatch option without its leading dashes)."""
+    key, eq, val = value.partition("=")
+    if not eq or not key.strip() or key.startswith("-"):
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE (e.g. qos=high, an sbatch option without --), got {value!r}")
+    return key.strip(), val
+
+
+def scheduler_arg(value: str) -> str:
+    if not re.fullmatch(r"(tcp|tls|inproc|ucx|ws|wss)://\S+", value):
+        raise argparse.ArgumentTypeError(f"must be a Dask scheduler address like tcp://HOST:PORT, got {value!r}")
+    return value
+
+
+def add_executor_arguments(p: argparse.ArgumentParser) -> None:
+    """--executor and its engines' options (see reltrust.workbench.executors)."""
+    from reltrust.workbench.executors import EXECUTORS
+
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="where runs execute: local worker processes (default), a Dask cluster, or SLURM job arrays")
+    p.add_argument("--scheduler", type=scheduler_arg, default=None,
+                   help="dask: the scheduler's address tcp://HOST:PORT (default: a LocalCluster of --workers processes)")
+    p.add_argument("--partition", default=None, help="slurm: the partition")
+    p.add_argument("--time", type=positive_int, default=60, dest="time_min", help="slurm: minutes per run (default 60)")
+    p.add_argument("--cpus-per-task", type=positive_int, default=1, help="slurm: CPUs per run (default 1)")
+    p.add_argument("--gpus-per-task", type=workers_int, default=0, help="slurm: GPUs per run (default 0)")
+    p.add_argument("--array-parallelism", type=positive_int, default=64,
+                   help="slurm: at most this many runs of the job array at once (default 64)")
+    p.add_argument("--sbatch", type=sbatch_arg, action="append", default=[], metavar="KEY=VALUE",
+                   help="slurm: an extra sbatch option, e.g. --sbatch qos=high --sbatch account=lab (repeatable)")
+    p.add_argument("--slurm-cluster", choices=["slurm", "local"], default="slurm",
+                   help="slurm: 'local' runs the job arrays as processes here with submitit's local executor (testing)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be submitted, run nothing")
 
 
 def list_command() -> int:
@@ -217,6 +253,19 @@ def reproduce_command(args: argparse.Namespace) -> int:
         device = str(resolve_device(device))  # auto → cpu or cuda (device_arg checked the rest)
     progress = not getattr(args, "no_progress", False) and sys.stderr.isatty()
     command = _command_line(args)
+    from reltrust.workbench.executors import MissingExtra, make_executor
+
+    try:
+        executor = make_executor(getattr(args, "executor", "local"), out=out, workers=args.workers,
+                                 threads=args.threads, scheduler=getattr(args, "scheduler", None),
+                                 partition=getattr(args, "partition", None), time_min=getattr(args, "time_min", 60),
+                                 cpus_per_task=getattr(args, "cpus_per_task", 1),
+                                 gpus_per_task=getattr(args, "gpus_per_task", 0),
+                                 array_parallelism=getattr(args, "array_parallelism", 64),
+                                 sbatch=dict(getattr(args, "sbatch", None) or []),
+                                 slurm_cluster=getattr(args, "slurm_cluster", "slurm"))
+    except MissingExtra as e:
+        return _usage_error("reproduce", f"argument --executor: {e}")
     interrupted = None
     failed = _make_out("reproduce", out)
     if failed:
@@ -233,13 +282,19 @@ def reproduce_command(args: argparse.Namespace) -> int:
         todo = store.pending(specs)
         print(f"{args.study}: {len(specs)} runs in the grid, {len(specs) - len(todo)} already in {out / 'results.sqlite'}",
               flush=True)
+        if getattr(args, "dry_run", False):
+            print(f"dry run, nothing submitted: {executor.describe(todo)}")
+            for spec in todo:
+                print(f"  {spec.key}  {spec.label()}")
+            _unlock(lock)
+            return 0
         if not getattr(args, "report_only", False) and todo:
             previous = signal.signal(signal.SIGTERM, _raise_terminated)
             try:
                 if study.prepare is not None:
                     study.prepare(specs, out, data_dir=args.data_dir)
                 summary = run_sweep(specs, store, workers=args.workers, threads=args.threads, device=device,
-                                    data_dir=args.data_dir, progress=progress)
+                                    data_dir=args.data_dir, progress=progress, executor=executor)
                 print(summary.line(), flush=True)
             except KeyboardInterrupt as e:
                 interrupted = 143 if isinstance(e, _Terminated) else 130

@@ -169,8 +169,11 @@ def run_sweep(
     progress: bool | None = None,
     retry_crashed: bool = True,
     on_result: Callable[[RunRecord], None] | None = None,
+    executor: Any = None,
 ) -> SweepSummary:
-    """Run every spec not yet finished in `store`, record each result as it arrives; see module doc."""
+    """Run every spec not yet finished in `store`, record each result as it arrives; see module doc.
+    `executor`: where the runs execute (`reltrust.workbench.executors`; None or a LocalExecutor:
+    worker processes here); whatever it is, results come back to this process, the store's one writer."""
     if workers is not None and workers < 0:
         raise ValueError(f"workers must be >= 0 (0: run in this process), got {workers}")
     if threads is not None and threads < 1:
@@ -205,7 +208,10 @@ def run_sweep(
             on_result(result)
 
     try:
-        if workers == 0:
+        if executor is not None and getattr(executor, "name", "local") != "local":
+            summary.workers, summary.threads = 0, threads or 0
+            executor.run(todo, take, device, data_dir)
+        elif workers == 0:
             import torch
 
             if threads:
