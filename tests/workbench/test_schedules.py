@@ -78,3 +78,22 @@ def test_per_step_schedule_advances_every_step(tiny_spec):
     assert res.history[1]["lr"] == pytest.approx(0.1)
     assert res.history[2]["lr"] == pytest.approx(0.1 * 10 / (10 + steps))
     assert math.isfinite(res.final["train_loss"])
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_robbins_monro_lrs_are_a_over_b_plus_t_to_the_power(power):
+    """The optimiser's lr at step t is a/(b + t)^power with a = lr · b^power (lr at t = 0)."""
+    lr, b = 0.3, 7.0
+    a = lr * b ** power
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = build_scheduler(opt, "robbins_monro", 100, b=b, power=power)
+    for t in range(50):
+        assert opt.param_groups[0]["lr"] == pytest.approx(a / (b + t) ** power, rel=1e-12)
+        opt.step()
+        sched.step()
+
+
+def test_robbins_monro_power_defaults_to_one_and_rejects_non_positive():
+    assert lr_factor("robbins_monro", 5, 10, b=2.0) == lr_factor("robbins_monro", 5, 10, b=2.0, power=1.0)
+    with pytest.raises(ValueError, match="power must be > 0"):
+        lr_factor("robbins_monro", 0, 10, b=2.0, power=0.0)

@@ -8,7 +8,7 @@ The learning rate at schedule time t (t = 0, 1, 2, … counts epochs or optimise
 | `constant`      | 1                                                  |                                |
 | `step`          | gamma ** (t // step_size)                          | step_size (1), gamma (0.1)     |
 | `exponential`   | gamma ** t  (the depth study: gamma = 0.95/epoch)  | gamma (0.95)                   |
-| `robbins_monro` | b / (b + t), i.e. lr_t = a/(b + t) with a = lr · b | b (1.0)                        |
+| `robbins_monro` | (b / (b + t)) ** power, i.e. lr_t = a/(b + t)^power with a = lr · b^power | b (1.0), power (1.0) |
 | `warmup`        | constant after the warmup below                    | warmup (required, > 0)         |
 | `cosine`        | m + (1 − m) · (1 + cos(π · t / T)) / 2             | min_factor m (0), T = total    |
 | `poly`          | (1 − t / T) ** power  (LAMB's polynomial decay)    | power (1.0), T = total         |
@@ -20,6 +20,10 @@ last). Or `warmup_fraction` f in [0, 1) instead: warmup = ⌈f · T⌉ units, so
 share of every run whatever its length (LAMB's linear warmup then polynomial decay, You et al. 2020,
 is ``poly`` with a `warmup_fraction`). T is the number of units in the run (epochs, or epochs × steps
 per epoch) unless `total` is given.
+
+`robbins_monro` with power 1 (the lecture notes' a/(b + t)) meets the Robbins–Monro conditions
+Σ lr_t = ∞, Σ lr_t² < ∞; with power 2 (a/(b + t)²) Σ lr_t < ∞, so the iterate can stop short of a
+stationary point. power must be > 0.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ _ALLOWED = {
     "constant": set(),
     "step": {"step_size", "gamma"},
     "exponential": {"gamma"},
-    "robbins_monro": {"b"},
+    "robbins_monro": {"b", "power"},
     "warmup": set(),
     "cosine": {"min_factor", "total"},
     "poly": {"power", "total"},
@@ -77,7 +81,10 @@ def lr_factor(schedule: str, t: int, total: int, **kwargs: Any) -> float:
         b = float(kwargs.get("b", 1.0))
         if b <= 0:
             raise ValueError("schedule 'robbins_monro': b must be > 0")
-        return b / (b + s)
+        power = float(kwargs.get("power", 1.0))
+        if not power > 0:
+            raise ValueError(f"schedule 'robbins_monro': power must be > 0 (got {power})")
+        return (b / (b + s)) ** power
     span = span_total - warmup
     if schedule == "poly":
         power = float(kwargs.get("power", 1.0))
