@@ -482,7 +482,7 @@ def _figures(table: Table, out_dir: Path) -> list[tuple[Path, str]]:
 STUDY = Study(
     name=NAME, title=TITLE,
     description="Adam with/without warmup vs RAdam (torch's and skip), post-LN and pre-LN Transformer, a CNN",
-    configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=10,
+    configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=7,
 )
 
 __all__ = ["STUDY", "CONFIGS", "KINDS", "NAME", "Cell", "Method", "answers", "analyse", "build_grid", "cells",
