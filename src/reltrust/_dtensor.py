@@ -27,21 +27,26 @@ def full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if is_dtensor(t) else t
 
 
+def shards(t: torch.Tensor, who: str) -> list[tuple[int, object]]:
+    """(mesh dim, Shard placement) of each mesh dimension a DTensor is sharded over; a Partial
+    placement is refused (`who`: what needs whole tensors, for the message)."""
+    out = []
+    for d, placement in enumerate(t.placements):
+        if placement.is_partial():
+            raise NotImplementedError(f"{who}; a parameter or gradient with a Partial placement ({t.placements}) "
+                                      "must be reduced first")
+        if placement.is_shard():
+            out.append((d, placement))
+    return out
+
+
 def _sharded_groups(like: Sequence[torch.Tensor]) -> dict[tuple, list[int]]:
     """Indices of the DTensors in `like`, keyed by (mesh, mesh dims they are sharded over)."""
     groups: dict[tuple, list[int]] = {}
     for i, t in enumerate(like):
         if not is_dtensor(t):
             continue
-        dims = []
-        for d, placement in enumerate(t.placements):
-            if placement.is_partial():
-                raise NotImplementedError(
-                    "reltrust optimisers take the norm of whole tensors; a parameter or gradient with a "
-                    f"Partial placement ({t.placements}) must be reduced first"
-                )
-            if placement.is_shard():
-                dims.append(d)
+        dims = [d for d, _ in shards(t, "reltrust optimisers take the norm of whole tensors")]
         if dims:
             groups.setdefault((t.device_mesh, tuple(dims)), []).append(i)
     return groups

@@ -9,31 +9,14 @@ from torch import nn
 
 from reltrust import LAMB, LARS, Fromage, Nero
 
+from .training import batches, model, train
+
 FACTORIES = {
     "fromage": lambda p: Fromage(p, lr=0.05, momentum=0.9, p_bound=1.5),
     "lars": lambda p: LARS(p, lr=1.0, weight_decay=1e-3, nesterov=True),
     "lamb": lambda p: LAMB(p, lr=0.01, weight_decay=0.01),
     "nero": lambda p: Nero(p, lr=0.02, beta=0.99),
 }
-
-
-def model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
-
-
-def batches(n):
-    g = torch.Generator().manual_seed(1)
-    return [(torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g)) for _ in range(n)]
-
-
-def train(m, opt, data, sched=None):
-    for x, y in data:
-        opt.zero_grad()
-        nn.functional.cross_entropy(m(x), y).backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
 
 
 @pytest.mark.parametrize("name", FACTORIES)

@@ -585,20 +585,6 @@ def test_kernel_trust_ratio_is_the_twin_of_trust_ratio():
         assert torch.equal(got, expected) or torch.allclose(got, expected, rtol=0, atol=0, equal_nan=True), kw
 
 
-@pytest.fixture
-def one_rank_mesh():
-    dist = pytest.importorskip("torch.distributed")
-    if not dist.is_available() or dist.is_initialized():
-        pytest.skip("needs torch.distributed and no process group of its own")
-    from torch.distributed.device_mesh import init_device_mesh
-
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield init_device_mesh("cpu", (1,))
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.parametrize(
     "cls,kw", [CASES[1], CASES[4], CASES[9], CASES[14]], ids=["fromage", "p_bound", "lars", "lamb"]
 )

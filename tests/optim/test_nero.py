@@ -9,6 +9,7 @@ from torch import nn
 from reltrust.optim import Nero, create, get
 
 from . import references as ref
+from .training import batches, model, train
 
 SHAPES = [(7, 5), (5,), (3, 2, 4), (1,), (4, 1), ()]
 
@@ -152,25 +153,6 @@ def test_registered_and_buildable_by_name():
     assert type(opt) is Nero and opt.param_groups[0]["lr"] == 0.02
 
 
-def model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
-
-
-def batches(n):
-    g = torch.Generator().manual_seed(1)
-    return [(torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g)) for _ in range(n)]
-
-
-def train(m, opt, data, sched=None):
-    for x, y in data:
-        opt.zero_grad()
-        nn.functional.cross_entropy(m(x), y).backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-
-
 @pytest.mark.parametrize("foreach", [True, False])
 def test_resume_from_state_dict_is_bit_for_bit(foreach, tmp_path):
     data = batches(10)
@@ -265,20 +247,6 @@ def test_complex_and_sparse_refused():
     emb(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
-
-
-@pytest.fixture
-def one_rank_mesh():
-    dist = pytest.importorskip("torch.distributed")
-    if not dist.is_available() or dist.is_initialized():
-        pytest.skip("needs torch.distributed and no process group of its own")
-    from torch.distributed.device_mesh import init_device_mesh
-
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield init_device_mesh("cpu", (1,))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_dtensor_rows_and_columns_sharded_equal_plain_tensors(one_rank_mesh):

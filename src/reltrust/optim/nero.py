@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from reltrust.optim._base import Bucket, LayerwiseOptimizer, check_float, check_flag, check_lr, scalar_arg, scalar_state
-from reltrust._dtensor import is_dtensor, local
+from reltrust._dtensor import is_dtensor, local, shards
 
 #: σ where the mean neuron norm at the first step is 0 (zero-initialised biases), as in the paper
 ZERO_SCALE = 0.01
@@ -157,16 +157,8 @@ def _mesh_dims(like: torch.Tensor, rows_split: bool) -> list[int]:
     ≥ 2-dim tensor: partial row sums to add up) or over which its neurons are spread (Shard(0))."""
     if not is_dtensor(like):
         return []
-    out = []
-    for d, placement in enumerate(like.placements):
-        if placement.is_partial():
-            raise NotImplementedError(
-                "Nero takes per-neuron norms of whole tensors; a parameter or gradient with a Partial "
-                f"placement ({like.placements}) must be reduced first"
-            )
-        if placement.is_shard() and ((placement.dim >= 1) == rows_split) and (like.ndim >= 2 or not rows_split):
-            out.append(d)
-    return out
+    return [d for d, placement in shards(like, "Nero takes per-neuron norms of whole tensors")
+            if (placement.dim >= 1) == rows_split and (like.ndim >= 2 or not rows_split)]
 
 
 def _all_reduce(vectors: list[torch.Tensor], like: list[torch.Tensor], rows_split: bool) -> list[torch.Tensor]:
