@@ -30,6 +30,9 @@ from reltrust.workbench.store import atomic_write_bytes
 # One colour per optimiser name, stable across figures; others take the default cycle.
 COLORS = {"fromage": "#1b9e77", "sgd": "#d95f02", "adam": "#7570b3", "adamw": "#e7298a", "lars": "#66a61e",
           "lamb": "#e6ab02", "radam": "#a6761d", "nadam": "#666666"}
+# Every other label (radam_skip, "adam, warmup 25", ...) by its index, from colours none of the above is
+# near (matplotlib's default cycle has a purple beside adam's and a brown beside radam's).
+OTHER_COLORS = ("#1f77b4", "#d62728", "#17becf", "#000000", "#bcbd22", "#ff9896", "#9edae5", "#393b79")
 
 
 def band(values: Sequence[Sequence[float]], kind: str = "minmax") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -64,7 +67,7 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
 
 def _color(label: str, i: int) -> str:
     key = label.split(" ")[0].lower()
-    return COLORS.get(key, f"C{i % 10}")
+    return COLORS.get(key, OTHER_COLORS[i % len(OTHER_COLORS)])
 
 
 def _grid(n: int, ncols: int | None = None, size=(4.2, 3.3)) -> tuple[Figure, list]:

@@ -449,7 +449,7 @@ def _figures(summary: Mapping[str, Mapping[str, Any]], out_dir: Path) -> list[tu
 STUDY = Study(
     name=NAME, title=TITLE,
     description="do LAMB and LARS hold accuracy to larger batches than Adam and SGD at fixed epochs? (3 tasks)",
-    configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=5.0,
+    configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=6.5,
 )
 
 __all__ = ["STUDY", "CONFIGS", "NAME", "OPTIMIZERS", "RULES", "analyse", "build_grid", "grid", "hold_batch",
