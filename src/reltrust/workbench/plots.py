@@ -65,9 +65,13 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _color(label: str, i: int) -> str:
+def _color(label: str, i: int, labels=()) -> str:
+    """The colour of the i-th of `labels`: its optimiser's (first word) unless an earlier label of the
+    same figure took it (fromage η=0.01 and fromage η=0.01, p_bound=1 must differ), else by index."""
     key = label.split(" ")[0].lower()
-    return COLORS.get(key, OTHER_COLORS[i % len(OTHER_COLORS)])
+    if key in COLORS and not any(str(other).split(" ")[0].lower() == key for other in list(labels)[:i]):
+        return COLORS[key]
+    return OTHER_COLORS[i % len(OTHER_COLORS)]
 
 
 def _grid(n: int, ncols: int | None = None, size=(4.2, 3.3)) -> tuple[Figure, list]:
@@ -78,10 +82,10 @@ def _grid(n: int, ncols: int | None = None, size=(4.2, 3.3)) -> tuple[Figure, li
     return fig, axes
 
 
-def _draw_series(ax, xs, runs, label, i, band_kind, marker="o"):
+def _draw_series(ax, xs, runs, label, i, band_kind, marker="o", labels=()):
     mean, lo, hi = band(runs, band_kind)
     xs = np.asarray(xs[: len(mean)], dtype=float)
-    c = _color(label, i)
+    c = _color(label, i, labels)
     ax.plot(xs, mean[: len(xs)], marker=marker, ms=3, color=c, label=label)
     if len(runs) > 1:
         ax.fill_between(xs, lo[: len(xs)], hi[: len(xs)], color=c, alpha=0.2, linewidth=0)
@@ -127,7 +131,7 @@ def curves(
     fig, axes = _grid(len(panels), ncols)
     for ax, (title, lines) in zip(axes, panels.items()):
         for i, (label, (xs, runs)) in enumerate(lines.items()):
-            _draw_series(ax, list(xs), runs, label, i, band_kind, marker=".")
+            _draw_series(ax, list(xs), runs, label, i, band_kind, marker=".", labels=lines)
         _label_axes(ax, title, xlabel, ylabel, (panel_hlines or {}).get(title, hline), hline_label)
         if logx:
             ax.set_xscale("log")
@@ -161,9 +165,9 @@ def metric_vs(
             if not xs:
                 continue
             runs_by_seed = _transpose([points[x] for x in xs])
-            _draw_series(ax, xs, runs_by_seed, label, i, band_kind)
+            _draw_series(ax, xs, runs_by_seed, label, i, band_kind, labels=lines)
             for x in (failed or {}).get(title, {}).get(label, []):
-                ax.plot([x], [0 if ylim is None else ylim[0]], marker="x", color=_color(label, i), ms=7, clip_on=False)
+                ax.plot([x], [0 if ylim is None else ylim[0]], marker="x", color=_color(label, i, lines), ms=7, clip_on=False)
         _label_axes(ax, title, xlabel, ylabel, hline, hline_label)
         if logx:
             ax.set_xscale("log")
@@ -210,7 +214,7 @@ def best_per_category(
     for i, (label, by_cat) in enumerate(values.items()):
         xs = [categories.index(c) + (i - (n - 1) / 2) * 0.6 / n for c in categories if c in by_cat]
         ys = [by_cat[c] for c in categories if c in by_cat]
-        ax.plot(xs, ys, ls="none", marker="o", ms=6, color=_color(label, i), label=label)
+        ax.plot(xs, ys, ls="none", marker="o", ms=6, color=_color(label, i, values), label=label)
     ax.set_xticks(range(len(categories)), categories, fontsize=8, rotation=15)
     if logy:
         ax.set_yscale("log")
@@ -234,7 +238,7 @@ def step_profiles(
     n = max(len(curves), 1)
     for i, (label, (xs, ys)) in enumerate(curves.items()):
         shift = (i - (n - 1) / 2) * 0.008
-        ax.step(list(xs), [y + shift for y in ys], where="post", color=_color(label, i), label=label, lw=1.6)
+        ax.step(list(xs), [y + shift for y in ys], where="post", color=_color(label, i, curves), label=label, lw=1.6)
     ax.set_xlim(*xlim)
     ax.set_ylim(-0.03, 1.03)
     _label_axes(ax, title, xlabel, ylabel, None, "")
@@ -258,7 +262,7 @@ def scaling(
             xs = [x for x in sorted(points) if math.isfinite(points[x])]
             if not xs:
                 continue
-            c = _color(label, i)
+            c = _color(label, i, lines)
             ax.plot(xs, [points[x] for x in xs], marker="o", ms=3, color=c, label=label)
             ends = [xs[0], max(points)]
             ax.plot(ends, [points[xs[0]] * xs[0] / x for x in ends], ls=":", lw=1, color=c)

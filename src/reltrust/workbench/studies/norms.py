@@ -389,7 +389,7 @@ def sample_grid(probe: dict, path: Path, title: str) -> Path:
 STUDY = Study(
     name=NAME, title=TITLE,
     description="GAN: per-layer weight norms and σ₁ under Fromage vs Adam, samples, classifier-scored quality",
-    configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=8, prepare=prepare,
+    configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=3, prepare=prepare,
 )
 
 __all__ = ["STUDY", "CONFIGS", "NAME", "Cell", "analyse", "build_grid", "cells", "grid", "method_label", "methods",
