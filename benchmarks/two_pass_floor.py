@@ -53,22 +53,23 @@ def contenders(shape, gen):
     lamb = ro.LAMB([p], lr=1e-4, weight_decay=0.01)
     lamb.step()  # its moments exist
     m, v = [lamb.state[p]["exp_avg"]], [lamb.state[p]["exp_avg_sq"]]
-    hp = dict(eps=1e-6, weight_decay=0.01, maximize=False)
+    # one pass of a step alone: the kernels' streamed ways (coefficient = ratio·(−lr), c = 1)
+    fromage_pass = _native.Kernel("fromage", [w, g, None], [1.0, -1e-5, 1.0], [w])
+    lamb_pass = _native.Kernel("lamb", [w, g, m, v], [one, one, 0.1, 0.999, 0.001, 1e-6, 0.01, 0, -1e-9], [w, m, v])
     sgd_name, adam_name = "torch SGD-momentum fused (20 B/elt, one pass)", "torch Adam fused (28 B/elt, one pass)"
     return {
         sgd_name: (sgd.step, 20, sgd_name),
         "torch x.add_(y) (12 B/elt, read-write)": (lambda: w[0].add_(g[0], alpha=-1e-9), 12, sgd_name),
         "Fromage norm pass alone (8 B/elt, read-only)": (lambda: _native.norms(w, g), 8, sgd_name),
         "Fromage update pass alone (12 B/elt)": (
-            lambda: _native.fromage_update(w, g, torch.tensor([-1e-5]), 1.0, None), 12, sgd_name),
+            lambda: fromage_pass(_native.UPDATE, ratio=one), 12, sgd_name),
         "reltrust Fromage step": (fromage.step, 20, sgd_name),
         "reltrust Fromage, cache_weight_norm (4 B read-only + 12)": (fromage_cached.step, 16, sgd_name),
         adam_name: (adam.step, 28, adam_name),
         "LAMB pass 1 alone (24 B/elt)": (
-            lambda: _native.lamb_pass1(w, g, m, v, one, one, None, torch.empty(1), beta1=0.9, beta2=0.999, **hp),
-            24, adam_name),
+            lambda: lamb_pass(_native.NORMS, unorm=torch.empty(1)), 24, adam_name),
         "LAMB pass 2 alone (16 B/elt)": (
-            lambda: _native.lamb_pass2(w, m, v, one, one, torch.tensor([-1e-9]), **hp), 16, adam_name),
+            lambda: lamb_pass(_native.UPDATE, ratio=one), 16, adam_name),
         "reltrust LAMB step": (lamb.step, 40, adam_name),
     }
 

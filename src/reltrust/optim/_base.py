@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
 from reltrust.optim import _native
+from reltrust.optim import _ratio as tr
 from reltrust._dtensor import local
 from reltrust.optim._ratio import compute_dtype
 
@@ -145,6 +147,55 @@ def fused_choice(group: dict[str, Any]) -> bool | None:
     return fused
 
 
+def native_split(fused: bool | None, lists: list, *checked: Sequence[torch.Tensor] | None) -> tuple[list | None, list | None]:
+    """(the aligned `lists` restricted to the tensors the native kernels take, the lists of the others),
+    None for a side without tensors; `checked`: the lists whose tensors the kernels must take (see
+    `_native.route`). Every functional update dispatches through this: the kernels' share first, the
+    rest on the torch path in the same step."""
+    native = _native.route(fused, *checked)
+    if native is None:
+        return None, lists
+    if len(native) == len(lists[0]):
+        return lists, None
+    return _native.partition(native, *lists)
+
+
+def layer_ratios(params, direction, like, foreach: bool, trust_ratio: bool, *, coefficient: float = 1.0,
+                 weight_decay: float = 0.0, eps: float = 0.0):
+    """(‖W‖, ‖u‖, trust ratio) per tensor on the torch path, as (N,) vectors in the parameters' compute
+    dtype; `direction`: the tensors u, or their norms already taken. Without a trust ratio no norm is
+    taken: (None, None, ones)."""
+    if not trust_ratio:
+        return None, None, torch.ones(len(params), dtype=params[0].dtype, device=params[0].device)
+    weight_norm = tr.norms(params, like=like, foreach=foreach)
+    if not isinstance(direction, torch.Tensor):
+        direction = tr.norms(direction, like=like, foreach=foreach)
+    ratio = tr.trust_ratio(weight_norm, direction, coefficient=coefficient, weight_decay=weight_decay, eps=eps)
+    return weight_norm, direction, ratio
+
+
+#: The functional updates' private keywords for the optimisers' weight-norm cache (cache_weight_norm).
+_CACHE_KEYS = {"_weight_norm": "weight_norm", "_return_weight_norm": "return_weight_norm"}
+
+
+def weight_norm_cache(fn: str, keywords: dict[str, Any]) -> tuple[torch.Tensor | None, bool]:
+    """(known local ‖W‖ or None, whether to return the new ones) from a functional update's extra
+    keywords: the private ones an optimiser's step passes (`Bucket.norm_cache_args`), or the public
+    names they had before (`weight_norm`, `return_weight_norm`: still taken, with a
+    DeprecationWarning). Any other keyword is a TypeError, as Python's own."""
+    found = {}
+    for key, value in keywords.items():
+        if key in _CACHE_KEYS:
+            found[_CACHE_KEYS[key]] = value
+        elif key in _CACHE_KEYS.values():
+            warnings.warn(f"{fn}: {key}= is internal to the optimisers' weight-norm cache and will be removed; "
+                          "use the optimiser's cache_weight_norm=True", DeprecationWarning, stacklevel=3)
+            found[key] = value
+        else:
+            raise TypeError(f"{fn}() got an unexpected keyword argument {key!r}")
+    return found.get("weight_norm"), bool(found.get("return_weight_norm", False))
+
+
 def check_float(name: str, value: Any, low: float, high: float | None = None, *, low_open=False, high_open=True,
                 shown: Any = None) -> None:
     """Raise ValueError naming `name` unless `value` is a finite real number (int, float, a NumPy
@@ -190,11 +241,6 @@ def scalar_arg(value: float | torch.Tensor, ref: torch.Tensor) -> float | torch.
     if isinstance(value, torch.Tensor):
         return value.detach().reshape(()).to(device=ref.device, dtype=ref.dtype)
     return float(value)
-
-
-def filled(like: torch.Tensor, value: float | torch.Tensor) -> torch.Tensor:
-    """A tensor like `like` filled with a number or a 0-dim tensor (`torch.full_like` takes numbers only)."""
-    return torch.empty_like(like).fill_(value)
 
 
 def check_flag(name: str, value: Any, *, none: bool = False) -> None:
@@ -472,6 +518,10 @@ class Bucket:
         """The local state tensors `key` of the bucket's parameters (real views of complex ones)."""
         out = [local(s[key]) for s in self.states]
         return [torch.view_as_real(t) if t.is_complex() else t for t in out]
+
+    def norm_cache_args(self) -> dict[str, Any]:
+        """The weight-norm cache's private keywords of the functional updates (`weight_norm_cache`)."""
+        return {"_weight_norm": self.weight_norm_in, "_return_weight_norm": self.want_weight_norm}
 
     def run(self, update: Callable[["Bucket"], None], foreach: bool) -> None:
         update(self)

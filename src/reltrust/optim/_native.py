@@ -55,7 +55,8 @@ from importlib import resources
 
 import torch
 
-from reltrust._dtensor import sharded_indices
+from reltrust._dtensor import reduce_norms, sharded_indices
+from reltrust.optim._ratio import trust_ratio as _trust_ratio
 
 _SOURCES = resources.files("reltrust.optim._cpp")
 
@@ -229,20 +230,13 @@ def _openmp_note() -> str:
 
 def _declare(lib: ctypes.CDLL) -> None:
     P, I, F, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_int64
+    job = [I, I, P, P, I, L, P, P, P, P, P, P, I]  # RT_JOB_ARGS: way, n, sizes, sel, nsel, group_elems, ... nthreads
     sig = {
         "rt_norms": [I, I, P, P, P, I, P, I],
-        "rt_lerp_norms": [I, P, P, P, P, P, I, F, P, P, I],
-        "rt_fromage_update": [I, P, P, P, P, I, P, F, P, P, I],
+        "rt_fromage": [*job, P, P, P, F, F, F],
+        "rt_lars": [*job, P, P, P, F, F, F, F, I, F, I],
+        "rt_lamb": [*job, P, P, P, P, P, P, F, F, F, F, F, I, F],
         "rt_scale": [I, P, P, P, I],
-        "rt_lars_update": [I, P, P, P, P, P, I, P, P, P, P, F, I, P, I],
-        "rt_lamb_pass1": [I, P, P, P, P, P, P, I, P, P, F, F, F, F, F, I, P, P, I],
-        "rt_lamb_pass2": [I, P, P, P, P, P, I, P, P, F, F, I, P, I],
-        "rt_fromage_blocked": [I, P, P, P, P, P, I, F, F, F, P, P, P, P, I],
-        "rt_lars_blocked": [I, P, P, P, P, P, I, F, F, F, F, I, F, I, P, P, P, P, I],
-        "rt_lamb_blocked": [I, P, P, P, P, P, P, I, P, P, F, F, F, F, F, I, F, P, P, I],
-        "rt_fromage_grouped": [I, P, P, P, P, P, I, L, F, F, F, P, P, P, P, I],
-        "rt_lars_grouped": [I, P, P, P, P, P, I, L, F, F, F, F, I, F, I, P, P, P, P, I],
-        "rt_lamb_grouped": [I, P, P, P, P, P, P, I, L, P, P, F, F, F, F, F, I, F, P, P, I],
         "rt_count_steps": [I, P, P],
         "rt_snapshot_norms": [I, I, P, P, P, P, I],
         "rt_trust_ratio": [I, P, P, F, F, F, P],
@@ -461,50 +455,6 @@ def difference_norms(a, b, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def lerp_norms(params, grads, bufs, weight: float, pnorm: torch.Tensor | None, mnorm: torch.Tensor, *,
-               sel: array | None = None) -> None:
-    """bufs ← lerp(bufs, grads, weight) as torch.lerp_; writes ‖p‖ (if pnorm) and ‖bufs‖ after."""
-    n = len(params)
-    pp, gp, mp, sizes = _ptrs(params), _ptrs(grads), _ptrs(bufs), _sizes(params)
-    _lib.rt_lerp_norms(n, _addr(pp), _addr(gp), _addr(mp), _addr(sizes), _addr(sel), _n(sel, 0), weight,
-                       _p(pnorm), _p(mnorm), torch.get_num_threads())
-    _bump(bufs)
-
-
-def fromage_update(params, directions, coef: torch.Tensor, c: float, newnorm: torch.Tensor | None, *,
-                   sel: array | None = None, unorm: torch.Tensor | None = None) -> None:
-    """p ← (p + coef_i·u)·c; writes ‖p_new‖ into newnorm if given; where `unorm` (the tensors' ‖u‖) is
-    given, a tensor whose ‖u‖ is exactly 0 is left as it is."""
-    n = len(params)
-    coef = _vec(coef)
-    unorm = None if unorm is None else _vec(unorm)
-    pp, up, sizes = _ptrs(params), _ptrs(directions), _sizes(params)
-    _lib.rt_fromage_update(n, _addr(pp), _addr(up), _addr(sizes), _addr(sel), _n(sel, 0), _p(coef), c, _p(unorm),
-                           _p(newnorm), torch.get_num_threads())
-    _bump(params)
-
-
-def fromage_blocked(params, grads, bufs, sel: array, *, weight: float, lr_signed: float, c: float,
-                    wnorm_in, wnorm, unorm, newnorm) -> None:
-    """Whole Fromage steps of the `sel` tensors, each from cache (see kernels.c: blocked)."""
-    n = len(params)
-    pp, gp, mp, sizes = _ptrs(params), _ptrs(grads), _ptrs(bufs), _sizes(params)
-    _lib.rt_fromage_blocked(n, _addr(pp), _addr(gp), _addr(mp), _addr(sizes), _addr(sel), len(sel), weight,
-                            lr_signed, c, _p(wnorm_in), _p(wnorm), _p(unorm), _p(newnorm), torch.get_num_threads())
-    _bump(params, bufs)
-
-
-def fromage_grouped(params, grads, bufs, sel: array, *, group_elems: int, weight: float, lr_signed: float, c: float,
-                    wnorm_in, wnorm, unorm, newnorm) -> None:
-    """Fromage steps of the `sel` tensors, group by group (see kernels.c: grouped)."""
-    n = len(params)
-    pp, gp, mp, sizes = _ptrs(params), _ptrs(grads), _ptrs(bufs), _sizes(params)
-    _lib.rt_fromage_grouped(n, _addr(pp), _addr(gp), _addr(mp), _addr(sizes), _addr(sel), len(sel), group_elems,
-                            weight, lr_signed, c, _p(wnorm_in), _p(wnorm), _p(unorm), _p(newnorm),
-                            torch.get_num_threads())
-    _bump(params, bufs)
-
-
 def scale_(params, scale: torch.Tensor) -> None:
     """p_i ← p_i·scale_i, skipping the tensors whose scale is exactly 1."""
     scale = _vec(scale)
@@ -513,85 +463,86 @@ def scale_(params, scale: torch.Tensor) -> None:
     _bump(params)
 
 
-def lars_update(params, grads, bufs, grad_step, neg_grad_step, decay_step, shrink, newnorm, *, momentum: float,
-                nesterov: bool, sel: array | None = None) -> None:
-    """LARS's update after the ratio (see kernels.c: span_lars); bufs None: no momentum;
-    decay_step (η·r·λ) and shrink (1 − η·r·λ) None: no weight decay."""
-    n = len(params)
-    gs, ngs, wds, shr = _vec(grad_step), _vec(neg_grad_step), _vec(decay_step), _vec(shrink)
-    pp, gp, vp, sizes = _ptrs(params), _ptrs(grads), _ptrs(bufs), _sizes(params)
-    _lib.rt_lars_update(n, _addr(pp), _addr(gp), _addr(vp), _addr(sizes), _addr(sel), _n(sel, 0), _p(gs), _p(ngs),
-                        _p(wds), _p(shr), momentum, int(nesterov), _p(newnorm), torch.get_num_threads())
-    _bump(params, bufs)
+# ---------------------------------------------------------------------------------------------------
+# the layerwise step (Fromage, LARS, LAMB), written once: see kernels.c
+
+def _read_ways(header: str) -> dict[str, int]:
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^#define RT_(BLOCKED|GROUPED|NORMS|UPDATE) (\d+)$",
+                                                            header, re.M)}
 
 
-def lars_blocked(params, grads, bufs, sel: array, *, lr, coefficient, weight_decay, eps, maximize, momentum,
-                 nesterov, wnorm_in, wnorm, gnorm, newnorm) -> None:
-    """Whole LARS steps of the `sel` tensors, each from cache."""
-    n = len(params)
-    pp, gp, vp, sizes = _ptrs(params), _ptrs(grads), _ptrs(bufs), _sizes(params)
-    _lib.rt_lars_blocked(n, _addr(pp), _addr(gp), _addr(vp), _addr(sizes), _addr(sel), len(sel), lr, coefficient,
-                         weight_decay, eps, int(maximize), momentum, int(nesterov), _p(wnorm_in), _p(wnorm), _p(gnorm),
-                         _p(newnorm), torch.get_num_threads())
-    _bump(params, bufs)
+_WAYS = _read_ways(_SOURCES.joinpath("kernels.h").read_text())
+BLOCKED, GROUPED, NORMS, UPDATE = (_WAYS[w] for w in ("BLOCKED", "GROUPED", "NORMS", "UPDATE"))
 
 
-def lars_grouped(params, grads, bufs, sel: array, *, group_elems, lr, coefficient, weight_decay, eps, maximize,
-                 momentum, nesterov, wnorm_in, wnorm, gnorm, newnorm) -> None:
-    """LARS steps of the `sel` tensors, group by group."""
-    n = len(params)
-    pp, gp, vp, sizes = _ptrs(params), _ptrs(grads), _ptrs(bufs), _sizes(params)
-    _lib.rt_lars_grouped(n, _addr(pp), _addr(gp), _addr(vp), _addr(sizes), _addr(sel), len(sel), group_elems, lr,
-                         coefficient, weight_decay, eps, int(maximize), momentum, int(nesterov), _p(wnorm_in),
-                         _p(wnorm), _p(gnorm), _p(newnorm), torch.get_num_threads())
-    _bump(params, bufs)
+class Kernel:
+    """One optimiser's entry point rt_<name> with its own tensor lists and scalars bound (aligned
+    lists, a list None where the optimiser goes without it, e.g. no momentum); called with a way
+    (BLOCKED, GROUPED, NORMS, UPDATE) and what that way reads and writes. `written`: the lists the
+    step modifies, whose version counters `bump` advances once the step is done."""
+
+    __slots__ = ("n", "params", "_fn", "_sizes", "_keep", "_args", "_written")
+
+    def __init__(self, name: str, tensors: Sequence[Sequence[torch.Tensor] | None], scalars: Sequence,
+                 written: Sequence[Sequence[torch.Tensor] | None]) -> None:
+        self.params = tensors[0]
+        self.n = len(self.params)
+        self._fn = getattr(_lib, "rt_" + name)
+        self._sizes = _sizes(self.params)
+        # the pointer arrays and vectors must outlive every call: held here
+        self._keep = [_ptrs(ts) for ts in tensors] + [x for x in scalars if isinstance(x, torch.Tensor)]
+        ptr_args = [_addr(a) for a in self._keep[: len(tensors)]]
+        self._args = ptr_args + [_p(x) if isinstance(x, torch.Tensor) else x for x in scalars]
+        self._written = written
+
+    def __call__(self, way: int, sel: array | None = None, *, group_elems: int = 0, wnorm_in=None, ratio=None,
+                 unorm_in=None, wnorm=None, unorm=None, newnorm=None) -> None:
+        self._fn(way, self.n, _addr(self._sizes), _addr(sel), _n(sel, 0), group_elems, _p(wnorm_in), _p(ratio),
+                 _p(unorm_in), _p(wnorm), _p(unorm), _p(newnorm), torch.get_num_threads(), *self._args)
+
+    def bump(self) -> None:
+        _bump(*self._written)
 
 
-def lamb_pass1(params, grads, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, pnorm, unorm, *, beta1, beta2, eps,
-               weight_decay, maximize, sel: array | None = None) -> None:
-    """m, v ← LAMB's moment updates; writes ‖W‖ and ‖u‖ into pnorm, unorm if given."""
-    n = len(params)
-    b1, b2s = _vec(bias1), _vec(bias2_sqrt)
-    pp, gp, mp, vp, sizes = _ptrs(params), _ptrs(grads), _ptrs(exp_avgs), _ptrs(exp_avg_sqs), _sizes(params)
-    _lib.rt_lamb_pass1(n, _addr(pp), _addr(gp), _addr(mp), _addr(vp), _addr(sizes), _addr(sel), _n(sel, 0), _p(b1),
-                       _p(b2s), 1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay, int(maximize), _p(pnorm), _p(unorm),
-                       torch.get_num_threads())
-    _bump(exp_avgs, exp_avg_sqs)
+def layerwise_step(kernel: Kernel, like: Sequence[torch.Tensor], *, trust_ratio: bool, bytes_per_element: int,
+                   group_bytes_per_element: int | None = None, ratio_hp: dict | None = None,
+                   weight_norm: torch.Tensor | None = None, want_new_norm: bool = False,
+                   norm_pass_writes: bool = False):
+    """One step of a layerwise optimiser on the kernels (see `split`): (‖W‖ of the local tensors,
+    ‖W‖ reduced across shards or None where not computed, the new weights' local ‖W‖ or None).
 
-
-def lamb_pass2(params, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, coef, *, eps, weight_decay, maximize,
-               sel: array | None = None) -> None:
-    """W ← W + coef·u, u recomputed from the updated m and v."""
-    n = len(params)
-    b1, b2s, coef = _vec(bias1), _vec(bias2_sqrt), _vec(coef)
-    pp, mp, vp, sizes = _ptrs(params), _ptrs(exp_avgs), _ptrs(exp_avg_sqs), _sizes(params)
-    _lib.rt_lamb_pass2(n, _addr(pp), _addr(mp), _addr(vp), _addr(sizes), _addr(sel), _n(sel, 0), _p(b1), _p(b2s),
-                       eps, weight_decay, int(maximize), _p(coef), torch.get_num_threads())
-    _bump(params)
-
-
-def lamb_blocked(params, grads, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, sel: array, wnorm, unorm, *, lr, beta1,
-                 beta2, eps, weight_decay, maximize) -> None:
-    """Whole LAMB steps of the `sel` tensors, each from cache."""
-    n = len(params)
-    b1, b2s = _vec(bias1), _vec(bias2_sqrt)
-    pp, gp, mp, vp, sizes = _ptrs(params), _ptrs(grads), _ptrs(exp_avgs), _ptrs(exp_avg_sqs), _sizes(params)
-    _lib.rt_lamb_blocked(n, _addr(pp), _addr(gp), _addr(mp), _addr(vp), _addr(sizes), _addr(sel), len(sel), _p(b1),
-                         _p(b2s), 1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay, int(maximize), -lr, _p(wnorm),
-                         _p(unorm), torch.get_num_threads())
-    _bump(params, exp_avgs, exp_avg_sqs)
-
-
-def lamb_grouped(params, grads, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, sel: array, wnorm, unorm, *, group_elems,
-                 lr, beta1, beta2, eps, weight_decay, maximize) -> None:
-    """LAMB steps of the `sel` tensors, group by group."""
-    n = len(params)
-    b1, b2s = _vec(bias1), _vec(bias2_sqrt)
-    pp, gp, mp, vp, sizes = _ptrs(params), _ptrs(grads), _ptrs(exp_avgs), _ptrs(exp_avg_sqs), _sizes(params)
-    _lib.rt_lamb_grouped(n, _addr(pp), _addr(gp), _addr(mp), _addr(vp), _addr(sizes), _addr(sel), len(sel),
-                         group_elems, _p(b1), _p(b2s), 1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay,
-                         int(maximize), -lr, _p(wnorm), _p(unorm), torch.get_num_threads())
-    _bump(params, exp_avgs, exp_avg_sqs)
+    Unsharded tensors run norm pass, ratio and update pass per tensor (blocked) or per group of
+    tensors (grouped) with the ratio in C; sharded ones are streamed: a norm pass, the norms reduced
+    across ranks and turned into ratios by `_ratio.trust_ratio` (κ, λ, ε: `ratio_hp`), an update pass.
+    Without a trust ratio (r = 1) no norm is taken: the norm pass runs only where it updates state
+    (`norm_pass_writes`: Fromage's momentum, LAMB's moments). `weight_norm`: local norms of the
+    weights known from the previous step (then W is not read for them); `want_new_norm`: also take
+    the new weights' norms in the update pass."""
+    n = kernel.n
+    new_local = _out(n, want_new_norm)
+    if not trust_ratio:
+        if norm_pass_writes:
+            kernel(NORMS)
+        kernel(UPDATE, ratio=torch.ones(n, dtype=_f32), newnorm=new_local)
+        kernel.bump()
+        return weight_norm, None, new_local
+    small, grouped, streamed = split(kernel.params, like, bytes_per_element)
+    local_weight_norm = _out(n) if weight_norm is None else weight_norm.clone()
+    update_norm = _out(n)
+    outs = dict(wnorm_in=weight_norm, wnorm=local_weight_norm, unorm=update_norm, newnorm=new_local)
+    if small is not None:
+        kernel(BLOCKED, small, **outs)
+    if grouped is not None:
+        kernel(GROUPED, grouped, group_elems=group_elems(group_bytes_per_element or bytes_per_element), **outs)
+    reduced_weight_norm = None
+    if streamed is not None:
+        kernel(NORMS, streamed, wnorm=local_weight_norm if weight_norm is None else None, unorm=update_norm)
+        reduced_weight_norm = reduce_norms(local_weight_norm.clone(), like)
+        reduced_update_norm = reduce_norms(update_norm, like)
+        ratio = _trust_ratio(reduced_weight_norm, reduced_update_norm, **(ratio_hp or {}))
+        kernel(UPDATE, streamed, ratio=ratio, unorm_in=reduced_update_norm, newnorm=new_local)
+    kernel.bump()
+    return local_weight_norm, reduced_weight_norm, new_local
 
 
 #: State tensors of at least this many bytes are backed by transparent huge pages (see advise_huge_pages).

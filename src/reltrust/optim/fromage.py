@@ -9,8 +9,8 @@ import torch
 from reltrust.optim import _native
 from reltrust.optim import _ratio as tr
 from reltrust.optim._base import (
-    Bucket, LayerwiseOptimizer, cache_blocks, check_float, check_lr, filled, fused_choice, ops, per_tensor, scalar_arg,
-    scalar_state, state_zeros,
+    Bucket, LayerwiseOptimizer, cache_blocks, check_float, check_lr, fused_choice, layer_ratios, native_split, ops,
+    per_tensor, scalar_arg, scalar_state, state_zeros, weight_norm_cache,
 )
 
 
@@ -171,8 +171,7 @@ class Fromage(LayerwiseOptimizer):
             foreach=foreach,
             like=b.like,
             fused=fused_choice(group),
-            weight_norm=b.weight_norm_in,
-            return_weight_norm=b.want_weight_norm,
+            **b.norm_cache_args(),
         )
 
 
@@ -190,41 +189,37 @@ def fromage_update(
     foreach: bool = True,
     like: list[torch.Tensor] | None = None,
     fused: bool | None = None,
-    weight_norm: torch.Tensor | None = None,
-    return_weight_norm: bool = False,
-) -> torch.Tensor | None:
+    **cache: Any,
+) -> None:
     """Functional Fromage step over same-device, same-dtype tensors (see `Fromage` for the rule).
 
     Reads p and u for the norms, then updates p in place: p += (∓η·r)·u, p *= 1/√(1+η²). No host
     synchronisation and no full-size temporaries. `fused`: as in `Fromage` (None: native kernels
-    for the tensors they take, the torch path for the others). When all tensors take the native
-    path, `weight_norm` may give the norms of the (local) `params` as returned by the previous call
-    with `return_weight_norm=True` — the caller vouches that the weights have not changed since —
-    and that call returns the norms of the updated weights, taken in the update pass; otherwise it
-    returns None. `lr` may be a 0-dim tensor: the torch path then reads it only on the device (the
-    native kernels take its value).
+    for the tensors they take, the torch path for the others). `lr` may be a 0-dim tensor: the torch
+    path then reads it only on the device (the native kernels take its value). (`Fromage`'s
+    weight-norm cache passes its norms through private keywords, `weight_norm_cache`.)
     """
+    weight_norm, return_weight_norm = weight_norm_cache("fromage_update", cache)
     like = like if like is not None else params
     if momentum > 0 and momentum_buffers is None:
         raise ValueError("fromage_update: momentum > 0 needs momentum_buffers")
     if p_bound is not None and initial_norms is None:
         raise ValueError("fromage_update: p_bound needs initial_norms")
-    native = _native.route(fused, params, grads, momentum_buffers if momentum > 0 else None)
-    if native is not None:
+    bufs = momentum_buffers if momentum > 0 else None
+    mine, rest = native_split(fused, [params, grads, bufs, initial_norms, like], params, grads, bufs)
+    if mine is not None:
         rule = dict(lr=float(lr), momentum=momentum, p_bound=p_bound, trust_ratio=trust_ratio, maximize=maximize)
-        if len(native) == len(params):
-            return _fromage_native(params, grads, momentum_buffers, initial_norms, like=like, weight_norm=weight_norm,
+        if rest is None:
+            return _fromage_native(*mine[:4], like=mine[4], weight_norm=weight_norm,
                                    return_weight_norm=return_weight_norm, **rule)
-        # the tensors the kernels take run there, the others on the torch path below (no weight-norm cache)
-        (*mine, mine_like), (params, grads, momentum_buffers, initial_norms, like) = _native.partition(
-            native, params, grads, momentum_buffers, initial_norms, like)
-        _fromage_native(*mine, like=mine_like, **rule)
-    if momentum > 0:
-        ops.lerp_(momentum_buffers, grads, 1.0 - momentum, foreach)  # m ← β·m + (1−β)·g
-        direction = momentum_buffers
-    else:
-        direction = grads
-    weight_norm = tr.norms(params, like=like, foreach=foreach)
+        _fromage_native(*mine[:4], like=mine[4], **rule)  # the others below, on the torch path (no weight-norm cache)
+    params, grads, bufs, initial_norms, like = rest
+    if bufs is not None:
+        ops.lerp_(bufs, grads, 1.0 - momentum, foreach)  # m ← β·m + (1−β)·g
+    direction = bufs if bufs is not None else grads
+    weight_norm, direction_norm, ratio = layer_ratios(params, direction, like, foreach, trust_ratio)
+    if weight_norm is None and p_bound is not None:
+        weight_norm = tr.norms(params, like=like, foreach=foreach)
     if isinstance(lr, torch.Tensor):
         c = (1.0 + lr * lr).rsqrt()
     else:
@@ -235,23 +230,24 @@ def fromage_update(
             # kernel that keeps the first value; a 0-dim tensor c is compiled right
             c = torch.tensor(c, dtype=params[0].dtype, device=params[0].device)
     if trust_ratio:
-        direction_norm = tr.norms(direction, like=like, foreach=foreach)
-        coef = tr.trust_ratio(weight_norm, direction_norm).mul_(lr if maximize else -lr)
         # a tensor whose direction is exactly zero takes no step: not even the division by √(1+η²)
         c = per_tensor(torch.where(direction_norm == 0, torch.ones_like(direction_norm), c))
-    else:
-        coef = filled(weight_norm, lr if maximize else -lr)
-    _scaled_update(params, direction, per_tensor(coef), c, foreach)
-
+    _scaled_update(params, direction, per_tensor(ratio.mul_(lr if maximize else -lr)), c, foreach)
     if p_bound is not None:
-        recorded = torch.stack(initial_norms)
-        recorded = torch.where(recorded.isnan(), weight_norm.to(recorded.dtype), recorded)
-        ops.copy_(initial_norms, per_tensor(recorded), foreach)
-        limit = p_bound * recorded.to(weight_norm.dtype)
-        new_norm = tr.norms(params, like=like, foreach=foreach)
-        scale = torch.where(new_norm > limit, limit / new_norm, torch.ones_like(new_norm))
+        scale = _bound_scale(initial_norms, p_bound, weight_norm, tr.norms(params, like=like, foreach=foreach), foreach)
         ops.mul_(params, list(per_tensor(scale)), foreach)
     return None
+
+
+def _bound_scale(initial_norms, p_bound: float, weight_norm: torch.Tensor, new_norm: torch.Tensor, foreach: bool):
+    """p_bound's rescale factors, min(1, p_bound·‖W₀‖/‖W_new‖) per tensor, after recording ‖W₀‖ = the
+    weights' norm before this step for the tensors that have none yet (NaN). Norms of whole logical
+    tensors; the same on the torch path and the native one."""
+    recorded = torch.stack(initial_norms)
+    recorded = torch.where(recorded.isnan(), weight_norm.to(recorded.dtype), recorded)
+    ops.copy_(initial_norms, per_tensor(recorded), foreach)
+    limit = p_bound * recorded.to(weight_norm.dtype)
+    return torch.where(new_norm > limit, limit / new_norm, torch.ones_like(new_norm))
 
 
 def _scaled_update(params, direction, coefs, c, foreach: bool) -> None:
@@ -263,69 +259,26 @@ def _scaled_update(params, direction, coefs, c, foreach: bool) -> None:
         ops.mul_(ps, [c[i] for i in idx] if per else c, foreach)
 
 
-def _fromage_native(params, grads, momentum_buffers, initial_norms, *, lr, momentum, p_bound, trust_ratio,
-                    maximize, like, weight_norm=None, return_weight_norm=False):
-    """The same step on the native kernels (see `_native.split`).
-
-    Unsharded tensors: norm pass, ratio and update pass per tensor (blocked: tensors that fit in a
-    core's L2, one thread each) or per group of tensors (grouped: about half the last-level cache,
-    all threads), so the update pass finds W and u in cache. Sharded tensors (their norms must be
-    reduced across ranks between the passes) are streamed: one pass for the norms (and the momentum
-    update), `_ratio.trust_ratio` on the reduced norms, one pass for p ← (p + coef·u)·c.
-    With p_bound, a rescale of only the tensors that exceed their bound. `weight_norm`: local norms
-    of `params` known from the previous step's update pass (then W is not read for them); the update
-    pass returns the new ones when p_bound or the caller needs them.
+def _fromage_native(params, grads, bufs, initial_norms, *, lr, momentum, p_bound, trust_ratio, maximize, like,
+                    weight_norm=None, return_weight_norm=False):
+    """The same step on the native kernels (`_native.layerwise_step`): a norm pass (with the momentum
+    update), the ratio, and p ← (p + r·(∓η)·u)·c, the update reading W and u from cache where they
+    fit. With p_bound, a rescale of only the tensors that exceed their bound. `weight_norm`: local
+    norms of `params` known from the previous step's update pass (then W is not read for them); the
+    update pass returns the new ones when p_bound or the caller needs them.
     """
-    n = len(params)
-    bufs = momentum_buffers if momentum > 0 else None
-    direction = bufs if bufs is not None else grads
-    want_new = p_bound is not None or return_weight_norm
-    new_local = torch.empty(n, dtype=torch.float32) if want_new else None
-    c = 1.0 / math.sqrt(1.0 + lr * lr)
-    lr_signed = lr if maximize else -lr
-    reduced_weight_norm = None
-    if not trust_ratio:
-        if bufs is not None:
-            _native.lerp_norms(params, grads, bufs, 1.0 - momentum, None, torch.empty(n, dtype=torch.float32))
-        if p_bound is not None and weight_norm is None:
-            weight_norm = _native.norms(params)[0]
-        _native.fromage_update(params, direction, torch.full((n,), lr_signed, dtype=torch.float32), c, new_local)
-        local_weight_norm = weight_norm
-    else:
-        bpe = 12 if bufs is not None else 8
-        small, grouped, streamed = _native.split(params, like, bpe)
-        local_weight_norm = torch.empty(n, dtype=torch.float32) if weight_norm is None else weight_norm.clone()
-        direction_norm = torch.empty(n, dtype=torch.float32)
-        in_kernel = dict(weight=1.0 - momentum, lr_signed=lr_signed, c=c, wnorm_in=weight_norm,
-                         wnorm=local_weight_norm, unorm=direction_norm, newnorm=new_local)
-        if small is not None:
-            _native.fromage_blocked(params, grads, bufs, small, **in_kernel)
-        if grouped is not None:
-            _native.fromage_grouped(params, grads, bufs, grouped, group_elems=_native.group_elems(bpe), **in_kernel)
-        if streamed is not None:
-            pnorm = local_weight_norm if weight_norm is None else None
-            if bufs is not None:
-                _native.lerp_norms(params, grads, bufs, 1.0 - momentum, pnorm, direction_norm, sel=streamed)
-            elif pnorm is not None:
-                _native.norms(params, grads, sel=streamed, out=(pnorm, direction_norm))
-            else:
-                _native.norms(grads, sel=streamed, out=(direction_norm,))
-            reduced_weight_norm = tr.reduce_norms(local_weight_norm.clone(), like)
-            reduced_direction_norm = tr.reduce_norms(direction_norm, like)
-            ratio = tr.trust_ratio(reduced_weight_norm, reduced_direction_norm)
-            _native.fromage_update(params, direction, ratio.mul_(lr_signed), c, new_local, sel=streamed,
-                                   unorm=reduced_direction_norm)
+    kernel = _native.Kernel("fromage", [params, grads, bufs],
+                            [1.0 - momentum, lr if maximize else -lr, 1.0 / math.sqrt(1.0 + lr * lr)], [params, bufs])
+    if not trust_ratio and p_bound is not None and weight_norm is None:
+        weight_norm = _native.norms(params)[0]
+    local_weight_norm, reduced_weight_norm, new_local = _native.layerwise_step(
+        kernel, like, trust_ratio=trust_ratio, bytes_per_element=12 if bufs is not None else 8, weight_norm=weight_norm,
+        want_new_norm=p_bound is not None or return_weight_norm, norm_pass_writes=bufs is not None)
     if p_bound is not None:
         # ‖W‖ is reduced once per step (one all-reduce per mesh group), as on the torch path
         if reduced_weight_norm is None:
             reduced_weight_norm = tr.reduce_norms(local_weight_norm.clone(), like)
-        weight_norm = reduced_weight_norm
-        recorded = torch.stack(initial_norms)
-        recorded = torch.where(recorded.isnan(), weight_norm.to(recorded.dtype), recorded)
-        ops.copy_(initial_norms, per_tensor(recorded), True)
-        limit = p_bound * recorded.to(weight_norm.dtype)
-        new_norm = tr.reduce_norms(new_local.clone(), like)
-        scale = torch.where(new_norm > limit, limit / new_norm, torch.ones_like(new_norm))
+        scale = _bound_scale(initial_norms, p_bound, reduced_weight_norm, tr.reduce_norms(new_local.clone(), like), True)
         _native.scale_(params, scale)
         new_local.mul_(scale)
     return new_local if return_weight_norm else None

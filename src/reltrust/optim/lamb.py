@@ -8,9 +8,8 @@ import torch
 from reltrust.optim import _native
 from reltrust.optim import _ratio as tr
 from reltrust.optim._base import (
-    Bucket, LayerwiseOptimizer, cache_blocks, check_float, check_lr, filled, fused_choice, ops, per_tensor, scalar_arg,
-    step_state,
-    state_zeros,
+    Bucket, LayerwiseOptimizer, cache_blocks, check_float, check_lr, fused_choice, layer_ratios, native_split, ops,
+    per_tensor, scalar_arg, state_zeros, step_state,
 )
 
 # Torch path on CPU: the Adam direction u is built for pieces of at most _base.CHUNK elements, BLOCK
@@ -165,16 +164,14 @@ def lamb_update(
     as in `LAMB` (None: native kernels for the tensors they take, the torch path for the others);
     `lr`: as in `fromage_update`."""
     like = like if like is not None else params
-    native = _native.route(fused, params, grads, exp_avgs, exp_avg_sqs)
-    if native is not None:
-        rule = dict(lr=float(lr), beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, trust_ratio=trust_ratio,
-                    maximize=maximize)
-        if len(native) == len(params):
-            return _lamb_native(params, grads, exp_avgs, exp_avg_sqs, steps, like=like, **rule)
-        # the tensors the kernels take run there, the others on the torch path below
-        (*mine, mine_like), (params, grads, exp_avgs, exp_avg_sqs, steps, like) = _native.partition(
-            native, params, grads, exp_avgs, exp_avg_sqs, steps, like)
-        _lamb_native(*mine, like=mine_like, **rule)
+    mine, rest = native_split(fused, [params, grads, exp_avgs, exp_avg_sqs, steps, like], params, grads, exp_avgs,
+                              exp_avg_sqs)
+    if mine is not None:
+        _lamb_native(*mine[:5], like=mine[5], lr=float(lr), beta1=beta1, beta2=beta2, eps=eps,
+                     weight_decay=weight_decay, trust_ratio=trust_ratio, maximize=maximize)
+        if rest is None:
+            return
+    params, grads, exp_avgs, exp_avg_sqs, steps, like = rest
     if foreach:
         torch._foreach_add_(steps, 1.0)
         torch._foreach_mul_(exp_avg_sqs, beta2)
@@ -220,10 +217,9 @@ def lamb_update(
                 kept.append(u)
         update_sq = torch.zeros_like(t).index_add_(0, owner, torch.cat(piece_sq))
         update_norm = tr.reduce_norms(update_sq.sqrt_(), like)
-        ratio = tr.trust_ratio(tr.norms(params, like=like, foreach=foreach), update_norm)
-        coef = ratio.mul_(-lr)
     else:
-        coef = filled(t, -lr)
+        update_norm = None
+    coef = layer_ratios(params, update_norm, like, foreach, trust_ratio)[2].mul_(-lr)
     piece_coef = per_tensor(coef.index_select(0, owner))
     for j, (start, block) in enumerate(zip(starts, blocks)):
         u = kept[j] if kept else directions(start, block)
@@ -232,36 +228,19 @@ def lamb_update(
 
 def _lamb_native(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, eps, weight_decay, trust_ratio,
                  maximize, like) -> None:
-    """The same step on the native kernels: pass 1 updates m and v and returns ‖W‖ and ‖u‖ (u is
-    computed and dropped), pass 2 recomputes u from m and v and updates W: 40 bytes per element.
-    Unsharded tensors run both passes and the ratio per tensor (blocked) or per group (grouped), so
-    pass 2 reads from cache (28 bytes from memory); sharded ones are streamed with
-    `_ratio.trust_ratio` on the reduced norms (see `_fromage_native`)."""
-    n = len(params)
+    """The same step on the native kernels (`_native.layerwise_step`): the norm pass updates m and v
+    and takes ‖W‖ and ‖u‖, the update pass W ← W + r·(−η)·u, with u kept from the norm pass where the
+    tensor or its group fits in cache (28 bytes per element from memory), else recomputed from m and
+    v (40 bytes)."""
     t = _native.count_steps(steps)
     if t is None:
         torch._foreach_add_(steps, 1.0)
         t = torch.stack(steps).to(device=params[0].device, dtype=torch.float32)
     bias1 = 1.0 - torch.pow(beta1, t)
     bias2_sqrt = (1.0 - torch.pow(beta2, t)).sqrt_()
-    hp = dict(eps=eps, weight_decay=weight_decay, maximize=maximize)
-    small, grouped, streamed = _native.split(params, like, 16) if trust_ratio else (None, None, None)
-    weight_norm = torch.empty(n, dtype=torch.float32) if trust_ratio else None
-    update_norm = torch.empty(n, dtype=torch.float32) if trust_ratio else None
-    in_kernel = dict(lr=lr, beta1=beta1, beta2=beta2, **hp)
-    if small is not None:
-        _native.lamb_blocked(params, grads, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, small, weight_norm,
-                             update_norm, **in_kernel)
-    if grouped is not None:
-        _native.lamb_grouped(params, grads, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, grouped, weight_norm,
-                             update_norm, group_elems=_native.group_elems(8), **in_kernel)
-    if trust_ratio and streamed is None:
-        return
-    _native.lamb_pass1(params, grads, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, weight_norm, update_norm,
-                       beta1=beta1, beta2=beta2, sel=streamed, **hp)
-    if trust_ratio:
-        ratio = tr.trust_ratio(tr.reduce_norms(weight_norm, like), tr.reduce_norms(update_norm, like))
-        coef = ratio.mul_(-lr)
-    else:
-        coef = torch.full_like(t, -lr)
-    _native.lamb_pass2(params, exp_avgs, exp_avg_sqs, bias1, bias2_sqrt, coef, sel=streamed, **hp)
+    kernel = _native.Kernel(
+        "lamb", [params, grads, exp_avgs, exp_avg_sqs],
+        [bias1.contiguous(), bias2_sqrt.contiguous(), 1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay, int(maximize),
+         -lr], [params, exp_avgs, exp_avg_sqs])
+    _native.layerwise_step(kernel, like, trust_ratio=trust_ratio, bytes_per_element=16, group_bytes_per_element=8,
+                           norm_pass_writes=True)

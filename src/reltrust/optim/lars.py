@@ -6,10 +6,9 @@ from typing import Any
 import torch
 
 from reltrust.optim import _native
-from reltrust.optim import _ratio as tr
 from reltrust.optim._base import (
-    Bucket, LayerwiseOptimizer, cache_blocks, check_flag, check_float, check_lr, filled, fused_choice, ops, per_tensor,
-    scalar_arg, state_zeros,
+    Bucket, LayerwiseOptimizer, cache_blocks, check_flag, check_float, check_lr, fused_choice, layer_ratios,
+    native_split, ops, per_tensor, scalar_arg, state_zeros, weight_norm_cache,
 )
 
 
@@ -113,8 +112,7 @@ class LARS(LayerwiseOptimizer):
             foreach=foreach,
             like=b.like,
             fused=fused_choice(group),
-            weight_norm=b.weight_norm_in,
-            return_weight_norm=b.want_weight_norm,
+            **b.norm_cache_args(),
         )
 
 
@@ -134,36 +132,28 @@ def lars_update(
     foreach: bool = True,
     like: list[torch.Tensor] | None = None,
     fused: bool | None = None,
-    weight_norm: torch.Tensor | None = None,
-    return_weight_norm: bool = False,
-) -> torch.Tensor | None:
+    **cache: Any,
+) -> None:
     """Functional LARS step over same-device, same-dtype tensors (see `LARS` for the rule).
 
-    `fused`, `weight_norm`, `return_weight_norm`: as in `fromage_update` (the last two on the native
-    path for all tensors only; else None). `lr`: as in `fromage_update`."""
+    `fused`, `lr`: as in `fromage_update` (so is the weight-norm cache's private plumbing)."""
+    weight_norm, return_weight_norm = weight_norm_cache("lars_update", cache)
     like = like if like is not None else params
     if momentum != 0 and momentum_buffers is None:
         raise ValueError("lars_update: momentum > 0 needs momentum_buffers")
     bufs = momentum_buffers if momentum != 0 else None
-    native = _native.route(fused, params, grads, bufs)
-    if native is not None:
+    mine, rest = native_split(fused, [params, grads, bufs, like], params, grads, bufs)
+    if mine is not None:
         rule = dict(lr=float(lr), momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps,
                     nesterov=nesterov, trust_ratio=trust_ratio, maximize=maximize)
-        if len(native) == len(params):
-            return _lars_native(params, grads, bufs, like=like, weight_norm=weight_norm,
-                                return_weight_norm=return_weight_norm, **rule)
-        # the tensors the kernels take run there, the others on the torch path below (no weight-norm cache)
-        (*mine, mine_like), (params, grads, momentum_buffers, like) = _native.partition(
-            native, params, grads, bufs, like)
-        _lars_native(*mine, like=mine_like, weight_norm=None, return_weight_norm=False, **rule)
-    if trust_ratio:
-        weight_norm = tr.norms(params, like=like, foreach=foreach)
-        grad_norm = tr.norms(grads, like=like, foreach=foreach)
-        step = tr.trust_ratio(
-            weight_norm, grad_norm, coefficient=trust_coefficient, weight_decay=weight_decay, eps=eps
-        ).mul_(lr)
-    else:
-        step = filled(torch.empty(len(params), dtype=params[0].dtype, device=params[0].device), lr)
+        if rest is None:
+            return _lars_native(*mine[:3], like=mine[3], weight_norm=weight_norm, return_weight_norm=return_weight_norm,
+                                **rule)
+        _lars_native(*mine[:3], like=mine[3], **rule)  # the others below, on the torch path (no weight-norm cache)
+    params, grads, momentum_buffers, like = rest
+    ratio = layer_ratios(params, grads, like, foreach, trust_ratio, coefficient=trust_coefficient,
+                         weight_decay=weight_decay, eps=eps)[2]
+    step = ratio.mul_(lr)
     grad_step = -step if maximize else step  # η·r·(±1), the coefficient of g in the direction
     neg_grad_step = per_tensor(-grad_step)
     shrink = per_tensor(1.0 - step * weight_decay) if weight_decay else None  # 1 − η·r·λ
@@ -197,41 +187,14 @@ def lars_update(
 
 
 def _lars_native(params, grads, bufs, *, lr, momentum, weight_decay, trust_coefficient, eps, nesterov, trust_ratio,
-                 maximize, like, weight_norm, return_weight_norm):
-    """The same step on the native kernels: unsharded tensors blocked or grouped (norm pass, ratio,
-    update pass per tensor or group, the update from cache; see `_fromage_native`), sharded ones
-    streamed: a norm pass, `_ratio.trust_ratio` on the reduced norms, and one pass for
-    v ← μ·v + (±η·r)·g + η·r·λ·W, W ← W − v (or the Nesterov form)."""
-    n = len(params)
-    new_local = torch.empty(n, dtype=torch.float32) if return_weight_norm else None
-    bpe = 12 if bufs is not None else 8
-    small, grouped, streamed = _native.split(params, like, bpe) if trust_ratio else (None, None, None)
-    local_weight_norm = torch.empty(n, dtype=torch.float32) if weight_norm is None else weight_norm.clone()
-    grad_norm = torch.empty(n, dtype=torch.float32)
-    in_kernel = dict(lr=lr, coefficient=trust_coefficient, weight_decay=weight_decay, eps=eps, maximize=maximize,
-                     momentum=momentum, nesterov=nesterov, wnorm_in=weight_norm, wnorm=local_weight_norm,
-                     gnorm=grad_norm, newnorm=new_local)
-    if small is not None:
-        _native.lars_blocked(params, grads, bufs, small, **in_kernel)
-    if grouped is not None:
-        _native.lars_grouped(params, grads, bufs, grouped, group_elems=_native.group_elems(bpe), **in_kernel)
-    if trust_ratio:
-        if streamed is None:
-            return new_local
-        if weight_norm is None:
-            _native.norms(params, grads, sel=streamed, out=(local_weight_norm, grad_norm))
-        else:
-            _native.norms(grads, sel=streamed, out=(grad_norm,))
-        step = tr.trust_ratio(
-            tr.reduce_norms(local_weight_norm.clone(), like), tr.reduce_norms(grad_norm, like),
-            coefficient=trust_coefficient, weight_decay=weight_decay, eps=eps,
-        ).mul_(lr)
-    else:
-        step = torch.full((n,), lr, dtype=torch.float32)
-    grad_step = -step if maximize else step
-    decay_step = step * weight_decay if weight_decay else None
-    _native.lars_update(
-        params, grads, bufs, grad_step, -grad_step, decay_step, 1.0 - decay_step if weight_decay else None,
-        new_local, momentum=momentum, nesterov=nesterov, sel=streamed,
-    )
-    return new_local
+                 maximize, like, weight_norm=None, return_weight_norm=False):
+    """The same step on the native kernels (`_native.layerwise_step`): a norm pass, the ratio, and
+    one pass for v ← μ·v + (±η·r)·g + η·r·λ·W, W ← W − v (or the Nesterov form), the update
+    reading W and g from cache where they fit."""
+    kernel = _native.Kernel("lars", [params, grads, bufs],
+                            [lr, trust_coefficient, weight_decay, eps, int(maximize), momentum, int(nesterov)],
+                            [params, bufs])
+    return _native.layerwise_step(
+        kernel, like, trust_ratio=trust_ratio, bytes_per_element=12 if bufs is not None else 8,
+        ratio_hp=dict(coefficient=trust_coefficient, weight_decay=weight_decay, eps=eps), weight_norm=weight_norm,
+        want_new_norm=return_weight_norm)[2]

@@ -6,22 +6,29 @@
  * OpenMP runtime is torch's own (same SONAME, libgomp.so.1); the thread count is passed explicitly
  * (torch.get_num_threads()).
  *
+ * Fromage, LARS and LAMB are one step: a norm pass (‖W‖ and ‖u‖ of every tensor, updating the
+ * optimiser's state on the way), a per-tensor coefficient from the trust ratio, and an update pass.
+ * The skeleton that schedules those passes is written once (`layerwise_t`, the drivers drive_*);
+ * each optimiser contributes only its arithmetic — a norm pass and an update pass over one span of
+ * one tensor, and its coefficients from the ratio — and one entry point, rt_<name>, that binds its
+ * tensors and hyperparameters and runs the driver its `way` names (RT_* in kernels.h):
+ *
+ *   RT_NORMS, RT_UPDATE (streamed): all spans of all selected tensors split statically over the
+ *     threads, one pass per call; between the norm pass and the update pass the caller turns norms
+ *     into ratios (`reltrust.optim._ratio`, which also reduces the norms of sharded tensors) and
+ *     passes them in. Every tensor is read from memory once per pass.
+ *   RT_BLOCKED: for tensors small enough to stay in a core's L2 cache between the two passes: each
+ *     thread takes whole tensors and does norm pass, trust ratio and update pass on one tensor
+ *     before the next, so the update reads the tensor from cache, not memory. The ratio is computed
+ *     here by `trust_ratio1`, the exact float32 twin of _ratio.trust_ratio (tests hold them equal);
+ *     only for tensors whose norms need no reduction across shards.
+ *   RT_GROUPED: the other unsharded tensors, group by group: all threads run the norm pass over a
+ *     group, then update the spans they normed, from the shared cache (drive_grouped).
+ *
  * Every entry point takes N tensors as arrays of data pointers and element counts, and `sel`, the
  * indices of the tensors it is to process (NULL: all N); outputs are float[N] arrays of which only
- * the selected entries are written. A tensor is cut into spans of at most SPAN elements. Two ways
- * to schedule the work:
- *
- *   streamed (rt_norms, rt_*_update, ...): all spans of all selected tensors split statically over
- *     the threads, one pass per call; between the norm pass and the update pass the caller turns
- *     norms into ratios (`reltrust.optim._ratio`, which also reduces the norms of sharded
- *     tensors). Every tensor is read from memory once per pass.
- *   blocked (rt_*_blocked): for tensors small enough to stay in a core's L2 cache between the two
- *     passes: each thread takes whole tensors and does norm pass, trust ratio and update pass on
- *     one tensor before the next, so the update reads the tensor from cache, not memory. The ratio
- *     is computed here by `trust_ratio1`, the exact float32 twin of _ratio.trust_ratio (tests
- *     hold them equal); only for tensors whose norms need no reduction across shards.
- *
- * Both ways run the same span functions (span_*) in the same order, so they give identical bits.
+ * the selected entries are written. A tensor is cut into spans of at most SPAN elements. All ways
+ * run the same span functions (span_*) in the same order, so they give identical bits.
  * A norm is accumulated per span — in float32 FMA lanes over blocks of BLOCK elements, each block's
  * lanes added into double lanes — and the spans of a tensor are summed in order, in double: the
  * result does not depend on the thread count or the schedule, and is at least as accurate as
@@ -179,7 +186,7 @@ static inline double lanes_total(const double *d) {
 #define PTR(ptrs, t, lo) ((float *)(intptr_t)(ptrs)[t] + (lo))
 
 /* ---------------------------------------------------------------------------------------------- */
-/* span functions: one span of one tensor; each returns (adds) its sums of squares                */
+/* span functions every optimiser uses: one span of one tensor; each returns (adds) its sums of squares */
 
 static double span_sumsq(const float *restrict a, int64_t len) {
     double s = 0;
@@ -223,117 +230,6 @@ static double span_lerp(float *restrict m, const float *restrict g, float w, int
     return s;
 }
 
-/* p ← (p + u·k)·c; returns Σ p_new² if want, else 0. */
-static double span_fromage(float *restrict p, const float *restrict u, float k, float c, int64_t len, int want) {
-    double s = 0;
-    if (want)
-        NORM_LOOP(len, s, r = fmaf(u[i], k, p[i]) * c; p[i] = r);
-    else
-        PLAIN_LOOP(len, r = fmaf(u[i], k, p[i]) * c; p[i] = r);
-    return s;
-}
-
-/* LARS. Per tensor: gs = ±η·r (coefficient of g in v), ngs = −gs, wds = η·r·λ, shrink = 1 − η·r·λ.
- * mode 0 (no momentum):  p ← p·shrink (if decay);  p ← p + g·ngs
- * mode 1 (heavy ball):   v ← v·μ;  v ← v + g·gs;  v ← v + p·wds (if decay);  p ← p − v
- * mode 2 (Nesterov):     v as in mode 1;  p ← p·shrink (if decay);  p ← p + g·ngs;  p ← p − μ·v  */
-typedef struct {
-    float gs, ngs, wds, shrink;
-} lars_coef_t;
-
-#define LARS_STMT(MODE, DECAY)                                           \
-    {                                                                    \
-        float pv = p[i];                                                 \
-        if (MODE == 0) {                                                 \
-            if (DECAY) pv = pv * q.shrink;                               \
-            r = fmaf(g[i], q.ngs, pv);                                   \
-        } else {                                                         \
-            float vv = v[i] * mu;                                        \
-            vv = fmaf(g[i], q.gs, vv);                                   \
-            if (DECAY) vv = fmaf(pv, q.wds, vv);                         \
-            v[i] = vv;                                                   \
-            if (MODE == 1) {                                             \
-                r = pv - vv;                                             \
-            } else {                                                     \
-                if (DECAY) pv = pv * q.shrink;                           \
-                pv = fmaf(g[i], q.ngs, pv);                              \
-                r = fmaf(vv, -mu, pv);                                   \
-            }                                                            \
-        }                                                                \
-        p[i] = r;                                                        \
-    }
-
-#define LARS_CASE(MODE, DECAY)                                           \
-    if (mode == MODE && decay == DECAY) {                                \
-        if (want)                                                        \
-            NORM_LOOP(len, s, LARS_STMT(MODE, DECAY));                   \
-        else                                                             \
-            PLAIN_LOOP(len, LARS_STMT(MODE, DECAY));                     \
-    }
-
-static double span_lars(float *restrict p, const float *restrict g, float *restrict v, lars_coef_t q, float mu,
-                        int mode, int decay, int64_t len, int want) {
-    double s = 0;
-    LARS_CASE(0, 0) LARS_CASE(0, 1) LARS_CASE(1, 0) LARS_CASE(1, 1) LARS_CASE(2, 0) LARS_CASE(2, 1)
-    return s;
-}
-
-/* LAMB. Per tensor: b1 = 1 − β₁ᵗ, b2s = √(1 − β₂ᵗ).
- * u = m / ((√v / b2s + ε)·b1), negated if maximize, + λ·p (if decay). The reference divides twice
- * more per element; here the two divisions by per-tensor constants are multiplications by their
- * reciprocals, u = (m·(1/b1)) / (√v·(1/b2s) + ε), so LAMB agrees with torch to a few float32
- * roundings rather than bit for bit (a division is the costliest operation in the loop and LAMB
- * recomputes u in its second pass).
- * pass 1: v ← v·β₂ + (1−β₂)·g·g;  m ← lerp(m, g, 1−β₁);  Σu² (if want_u) and Σp² (if want_p).
- * pass 2: p ← p + u·coef (u recomputed from the updated m and v).
- * w = 1 − β₁ and cv = 1 − β₂ come rounded from double, as torch receives them. */
-typedef struct {
-    float w, beta2, cv, eps, wd;
-    int maximize, decay;
-} lamb_hp_t;
-
-/* ib1 = 1/b1, ib2s = 1/b2s */
-static inline float lamb_dir(float m, float v, float p, float ib1, float ib2s, const lamb_hp_t *h) {
-    float u = (m * ib1) / fmaf(sqrtf(v), ib2s, h->eps);
-    if (h->maximize) u = -u;
-    if (h->decay) u = fmaf(p, h->wd, u);
-    return u;
-}
-
-/* u_out (optional): where to keep u for pass 2 (span_lamb2_kept), which then need not recompute it. */
-static void span_lamb1(const float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
-                       float b1, float b2s, lamb_hp_t h, int64_t len, int want_u, int want_p, double *out,
-                       float *restrict u_out) {
-    const int small = fabsf(h.w) < 0.5f;
-    const float ib1 = 1.0f / b1, ib2s = 1.0f / b2s;
-#define LAMB1_MOMENTS                                                    \
-    const float gi = g[i];                                               \
-    float vi = v[i] * h.beta2;                                           \
-    vi = fmaf(h.cv * gi, gi, vi);                                        \
-    v[i] = vi;                                                           \
-    const float mi = lerp1(m[i], gi, h.w, small);                        \
-    m[i] = mi;
-    if (want_u && u_out)
-        NORM_LOOP(len, out[1], LAMB1_MOMENTS r = lamb_dir(mi, vi, p[i], ib1, ib2s, &h); u_out[i] = r);
-    else if (want_u)
-        NORM_LOOP(len, out[1], LAMB1_MOMENTS r = lamb_dir(mi, vi, p[i], ib1, ib2s, &h));
-    else
-        PLAIN_LOOP(len, LAMB1_MOMENTS r = 0);
-#undef LAMB1_MOMENTS
-    if (want_p) out[0] += span_sumsq(p, len);
-}
-
-static void span_lamb2(float *restrict p, const float *restrict m, const float *restrict v, float b1, float b2s,
-                       lamb_hp_t h, float k, int64_t len) {
-    const float ib1 = 1.0f / b1, ib2s = 1.0f / b2s;
-    PLAIN_LOOP(len, r = fmaf(lamb_dir(m[i], v[i], p[i], ib1, ib2s, &h), k, p[i]); p[i] = r);
-}
-
-/* pass 2 with the u that pass 1 kept: the same bits as span_lamb2, without a sqrt and a division. */
-static void span_lamb2_kept(float *restrict p, const float *restrict u, float k, int64_t len) {
-    PLAIN_LOOP(len, r = fmaf(u[i], k, p[i]); p[i] = r);
-}
-
 /* The trust ratio of one tensor: the float32 twin of reltrust.optim._ratio.trust_ratio,
  *     κ‖W‖ / (‖u‖ + λ‖W‖ + ε), exactly 1 where ‖W‖ = 0 or ‖u‖ = 0, and NaN where either is NaN or
  * inf (so that the tensor's whole step is NaN), rounded as torch rounds it: ((u + λ·w) + ε), then
@@ -349,312 +245,6 @@ static inline float trust_ratio1(float w, float u, ratio_hp_t r) {
     if (r.weight_decay != 0.0f || r.eps != 0.0f) den = (u + w * r.weight_decay) + r.eps;
     return r.coefficient != 1.0f ? (w * r.coefficient) / den : w / den;
 }
-
-/* ---------------------------------------------------------------------------------------------- */
-/* streamed entry points                                                                           */
-
-/* norms of k aligned lists of N tensors (list j: ptrs[j*n + t]); outs[j]: float[n], or NULL. */
-int rt_norms(int n, int k, const int64_t *ptrs, const int64_t *sizes, const int32_t *sel, int nsel,
-             float *const *outs, int nthreads) {
-    spans_t sp = make_spans(n, sizes, sel, nsel);
-    double *partial = new_partial(sp, k);
-#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
-    for (int64_t s = 0; s < sp.n; s++) {
-        const span_t x = sp.s[s];
-        const int64_t len = x.hi - x.lo;
-        int j = 0;
-        for (; j + 2 <= k; j += 2) /* two lists in one loop: two concurrent read streams */
-            span_sumsq2(PTR(ptrs + (int64_t)j * n, x.t, x.lo), PTR(ptrs + (int64_t)(j + 1) * n, x.t, x.lo), len,
-                        &partial[s * k + j]);
-        for (; j < k; j++) partial[s * k + j] = span_sumsq(PTR(ptrs + (int64_t)j * n, x.t, x.lo), len);
-    }
-    finish_norms(n, sel, nsel, sp, partial, k, outs);
-    free(partial);
-    free(sp.s);
-    return 0;
-}
-
-/* The training monitor's two passes (reltrust.trust.TrustMonitor): before a step, dst ← src with
- * ‖src‖ in the same pass; after it, ‖a − b‖ without writing the difference. */
-static double span_copy_sumsq(float *restrict dst, const float *restrict src, int64_t len) {
-    double s = 0;
-    NORM_LOOP(len, s, r = src[i]; dst[i] = r);
-    return s;
-}
-
-static double span_diff_sumsq(const float *restrict a, const float *restrict b, int64_t len) {
-    double s = 0;
-    NORM_LOOP(len, s, r = a[i] - b[i]);
-    return s;
-}
-
-/* mode 0: dst ← src, norm[t] = ‖src_t‖;  mode 1: norm[t] = ‖dst_t − src_t‖ (nothing written). */
-int rt_snapshot_norms(int n, int mode, const int64_t *dst_ptrs, const int64_t *src_ptrs, const int64_t *sizes,
-                      float *norm, int nthreads) {
-    spans_t sp = make_spans(n, sizes, NULL, 0);
-    double *partial = new_partial(sp, 1);
-#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
-    for (int64_t s = 0; s < sp.n; s++) {
-        const span_t x = sp.s[s];
-        partial[s] = mode == 0 ? span_copy_sumsq(PTR(dst_ptrs, x.t, x.lo), PTR(src_ptrs, x.t, x.lo), x.hi - x.lo)
-                               : span_diff_sumsq(PTR(dst_ptrs, x.t, x.lo), PTR(src_ptrs, x.t, x.lo), x.hi - x.lo);
-    }
-    float *outs[1] = {norm};
-    finish_norms(n, NULL, 0, sp, partial, 1, outs);
-    free(partial);
-    free(sp.s);
-    return 0;
-}
-
-/* m ← lerp(m, g, w), and the norms of p (if pnorm) and of the new m. */
-int rt_lerp_norms(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *m_ptrs, const int64_t *sizes,
-                  const int32_t *sel, int nsel, float w, float *pnorm, float *mnorm, int nthreads) {
-    spans_t sp = make_spans(n, sizes, sel, nsel);
-    double *partial = new_partial(sp, 2);
-#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
-    for (int64_t s = 0; s < sp.n; s++) {
-        const span_t x = sp.s[s];
-        const int64_t len = x.hi - x.lo;
-        partial[s * 2 + 1] = span_lerp(PTR(m_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), w, len);
-        if (pnorm) partial[s * 2] = span_sumsq(PTR(p_ptrs, x.t, x.lo), len);
-    }
-    float *outs[2] = {pnorm, mnorm};
-    finish_norms(n, sel, nsel, sp, partial, 2, outs);
-    free(partial);
-    free(sp.s);
-    return 0;
-}
-
-/* p ← (p + u·coef[t])·c ; newnorm (optional): ‖p‖ after the update. unorm (optional): the tensors'
- * (reduced) ‖u‖; one whose ‖u‖ is exactly 0 is left as it is (c = 1: its step is zero). */
-int rt_fromage_update(int n, const int64_t *p_ptrs, const int64_t *u_ptrs, const int64_t *sizes, const int32_t *sel,
-                      int nsel, const float *coef, float c, const float *unorm, float *newnorm, int nthreads) {
-    spans_t sp = make_spans(n, sizes, sel, nsel);
-    double *partial = new_partial(sp, 1);
-#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
-    for (int64_t s = 0; s < sp.n; s++) {
-        const span_t x = sp.s[s];
-        const float ct = unorm && unorm[x.t] == 0.0f ? 1.0f : c;
-        partial[s] = span_fromage(PTR(p_ptrs, x.t, x.lo), PTR(u_ptrs, x.t, x.lo), coef[x.t], ct, x.hi - x.lo,
-                                  newnorm != NULL);
-    }
-    float *outs[1] = {newnorm};
-    finish_norms(n, sel, nsel, sp, partial, 1, outs);
-    free(partial);
-    free(sp.s);
-    return 0;
-}
-
-/* p ← p·scale[t] for the tensors whose scale is not exactly 1 (multiplying by 1 is the identity). */
-int rt_scale(int n, const int64_t *p_ptrs, const int64_t *sizes, const float *scale, int nthreads) {
-    spans_t sp = make_spans(n, sizes, NULL, 0);
-#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
-    for (int64_t s = 0; s < sp.n; s++) {
-        const span_t x = sp.s[s];
-        const float k = scale[x.t];
-        if (k == 1.0f) continue;
-        float *restrict p = PTR(p_ptrs, x.t, x.lo);
-        PLAIN_LOOP(x.hi - x.lo, r = p[i] * k; p[i] = r);
-    }
-    free(sp.s);
-    return 0;
-}
-
-/* LARS's update after the ratio: per-tensor gs, ngs, wds, shrink as above (wds/shrink NULL: no
- * decay); v_ptrs NULL: no momentum; newnorm (optional): ‖p‖ after the update. */
-int rt_lars_update(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *v_ptrs, const int64_t *sizes,
-                   const int32_t *sel, int nsel, const float *gs, const float *ngs, const float *wds,
-                   const float *shrink, float momentum, int nesterov, float *newnorm, int nthreads) {
-    spans_t sp = make_spans(n, sizes, sel, nsel);
-    double *partial = new_partial(sp, 1);
-    const int mode = v_ptrs ? (nesterov ? 2 : 1) : 0, decay = wds != NULL;
-#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
-    for (int64_t s = 0; s < sp.n; s++) {
-        const span_t x = sp.s[s];
-        const lars_coef_t q = {gs[x.t], ngs[x.t], decay ? wds[x.t] : 0.0f, decay ? shrink[x.t] : 1.0f};
-        partial[s] = span_lars(PTR(p_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), mode ? PTR(v_ptrs, x.t, x.lo) : NULL,
-                               q, momentum, mode, decay, x.hi - x.lo, newnorm != NULL);
-    }
-    float *outs[1] = {newnorm};
-    finish_norms(n, sel, nsel, sp, partial, 1, outs);
-    free(partial);
-    free(sp.s);
-    return 0;
-}
-
-int rt_lamb_pass1(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *m_ptrs, const int64_t *v_ptrs,
-                  const int64_t *sizes, const int32_t *sel, int nsel, const float *b1, const float *b2s, float w,
-                  float beta2, float cv, float eps, float wd, int maximize, float *pnorm, float *unorm, int nthreads) {
-    spans_t sp = make_spans(n, sizes, sel, nsel);
-    double *partial = new_partial(sp, 2);
-    const lamb_hp_t h = {w, beta2, cv, eps, wd, maximize, wd != 0.0f};
-#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
-    for (int64_t s = 0; s < sp.n; s++) {
-        const span_t x = sp.s[s];
-        span_lamb1(PTR(p_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), PTR(m_ptrs, x.t, x.lo), PTR(v_ptrs, x.t, x.lo),
-                   b1[x.t], b2s[x.t], h, x.hi - x.lo, unorm != NULL, pnorm != NULL, &partial[s * 2], NULL);
-    }
-    float *outs[2] = {pnorm, unorm};
-    finish_norms(n, sel, nsel, sp, partial, 2, outs);
-    free(partial);
-    free(sp.s);
-    return 0;
-}
-
-int rt_lamb_pass2(int n, const int64_t *p_ptrs, const int64_t *m_ptrs, const int64_t *v_ptrs, const int64_t *sizes,
-                  const int32_t *sel, int nsel, const float *b1, const float *b2s, float eps, float wd, int maximize,
-                  const float *coef, int nthreads) {
-    spans_t sp = make_spans(n, sizes, sel, nsel);
-    const lamb_hp_t h = {0.0f, 0.0f, 0.0f, eps, wd, maximize, wd != 0.0f};
-#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
-    for (int64_t s = 0; s < sp.n; s++) {
-        const span_t x = sp.s[s];
-        span_lamb2(PTR(p_ptrs, x.t, x.lo), PTR(m_ptrs, x.t, x.lo), PTR(v_ptrs, x.t, x.lo), b1[x.t], b2s[x.t], h,
-                   coef[x.t], x.hi - x.lo);
-    }
-    free(sp.s);
-    return 0;
-}
-
-/* ---------------------------------------------------------------------------------------------- */
-/* blocked entry points: whole small tensors per thread, ratio in between (see the top)            */
-
-#define BLOCKED_BEGIN                                                                              \
-    const int nth_ = threads_for(NSEL, nthreads);                                                  \
-    _Pragma("omp parallel num_threads(nth_)") {                                                    \
-        int lo_, hi_;                                                                              \
-        thread_range(n, sel, nsel, sizes, omp_get_thread_num(), omp_get_num_threads(), &lo_, &hi_); \
-        for (int q_ = lo_; q_ < hi_; q_++) {                                                       \
-            const int t = SEL(q_);                                                                 \
-            const int64_t size = sizes[t];                                                         \
-            const int64_t nsp = NSPANS(size);
-
-#define BLOCKED_END \
-    }               \
-    }
-
-/* Fromage on small tensors: norms (with m ← lerp(m, g, w) if m_ptrs), r, p ← (p + u·(r·lr_signed))·c,
- * with c = 1 for a tensor whose ‖u‖ is exactly 0 (left as it is). wnorm_in (optional): known ‖W‖, then
- * W is not read for it. Writes ‖W‖, ‖u‖ and (optional) ‖W_new‖. */
-int rt_fromage_blocked(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *m_ptrs,
-                       const int64_t *sizes, const int32_t *sel, int nsel, float w, float lr_signed, float c,
-                       const float *wnorm_in, float *wnorm, float *unorm, float *newnorm, int nthreads) {
-    const ratio_hp_t rh = {1.0f, 0.0f, 0.0f};
-    BLOCKED_BEGIN
-    double sums[2] = {0, 0}; /* ‖W‖², ‖u‖² */
-    for (int64_t s = 0; s < nsp; s++) {
-        const int64_t lo = SPAN_LO(s), len = SPAN_LEN(size, s);
-        double part[2] = {0, 0};
-        if (m_ptrs) {
-            part[1] = span_lerp(PTR(m_ptrs, t, lo), PTR(g_ptrs, t, lo), w, len);
-            if (!wnorm_in) part[0] = span_sumsq(PTR(p_ptrs, t, lo), len);
-        } else if (!wnorm_in) {
-            span_sumsq2(PTR(p_ptrs, t, lo), PTR(g_ptrs, t, lo), len, part);
-        } else {
-            part[1] = span_sumsq(PTR(g_ptrs, t, lo), len);
-        }
-        sums[0] += part[0];
-        sums[1] += part[1];
-    }
-    const float wn = wnorm_in ? wnorm_in[t] : (float)sqrt(sums[0]), un = (float)sqrt(sums[1]);
-    const float k = trust_ratio1(wn, un, rh) * lr_signed, ct = un == 0.0f ? 1.0f : c;
-    const int64_t *u_ptrs = m_ptrs ? m_ptrs : g_ptrs;
-    double nn = 0;
-    for (int64_t s = 0; s < nsp; s++)
-        nn += span_fromage(PTR(p_ptrs, t, SPAN_LO(s)), PTR(u_ptrs, t, SPAN_LO(s)), k, ct, SPAN_LEN(size, s),
-                           newnorm != NULL);
-    wnorm[t] = wn;
-    unorm[t] = un;
-    if (newnorm) newnorm[t] = (float)sqrt(nn);
-    BLOCKED_END
-    return 0;
-}
-
-/* LARS on small tensors: norms, r, step = r·lr, then the update as rt_lars_update. */
-int rt_lars_blocked(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *v_ptrs, const int64_t *sizes,
-                    const int32_t *sel, int nsel, float lr, float coefficient, float weight_decay, float eps,
-                    int maximize, float momentum, int nesterov, const float *wnorm_in, float *wnorm, float *gnorm,
-                    float *newnorm, int nthreads) {
-    const ratio_hp_t rh = {coefficient, weight_decay, eps};
-    const int mode = v_ptrs ? (nesterov ? 2 : 1) : 0, decay = weight_decay != 0.0f;
-    BLOCKED_BEGIN
-    double sums[2] = {0, 0};
-    for (int64_t s = 0; s < nsp; s++) {
-        const int64_t lo = SPAN_LO(s), len = SPAN_LEN(size, s);
-        double part[2] = {0, 0};
-        if (!wnorm_in)
-            span_sumsq2(PTR(p_ptrs, t, lo), PTR(g_ptrs, t, lo), len, part);
-        else
-            part[1] = span_sumsq(PTR(g_ptrs, t, lo), len);
-        sums[0] += part[0];
-        sums[1] += part[1];
-    }
-    const float wn = wnorm_in ? wnorm_in[t] : (float)sqrt(sums[0]), gn = (float)sqrt(sums[1]);
-    const float step = trust_ratio1(wn, gn, rh) * lr;
-    const float gs = maximize ? -step : step;
-    const float wds = step * weight_decay;
-    const lars_coef_t q = {gs, -gs, wds, 1.0f - wds};
-    double nn = 0;
-    for (int64_t s = 0; s < nsp; s++) {
-        const int64_t lo = SPAN_LO(s);
-        nn += span_lars(PTR(p_ptrs, t, lo), PTR(g_ptrs, t, lo), mode ? PTR(v_ptrs, t, lo) : NULL, q, momentum, mode,
-                        decay, SPAN_LEN(size, s), newnorm != NULL);
-    }
-    wnorm[t] = wn;
-    gnorm[t] = gn;
-    if (newnorm) newnorm[t] = (float)sqrt(nn);
-    BLOCKED_END
-    return 0;
-}
-
-/* LAMB on small tensors: pass 1 (moments, ‖W‖, ‖u‖, u kept in a per-thread buffer of the tensor's
- * size), r, pass 2 with coef = r·(−lr) from the kept u. */
-int rt_lamb_blocked(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *m_ptrs, const int64_t *v_ptrs,
-                    const int64_t *sizes, const int32_t *sel, int nsel, const float *b1, const float *b2s, float w,
-                    float beta2, float cv, float eps, float wd, int maximize, float neg_lr, float *wnorm,
-                    float *unorm, int nthreads) {
-    const lamb_hp_t h = {w, beta2, cv, eps, wd, maximize, wd != 0.0f};
-    const ratio_hp_t rh = {1.0f, 0.0f, 0.0f};
-    int64_t largest = 1;
-    for (int q = 0; q < NSEL; q++)
-        if (sizes[SEL(q)] > largest) largest = sizes[SEL(q)];
-    const int nth_ = threads_for(NSEL, nthreads);
-#pragma omp parallel num_threads(nth_)
-    {
-        int lo_, hi_;
-        thread_range(n, sel, nsel, sizes, omp_get_thread_num(), omp_get_num_threads(), &lo_, &hi_);
-        float *kept = (float *)malloc(sizeof(float) * (size_t)largest);
-        for (int q_ = lo_; q_ < hi_; q_++) {
-            const int t = SEL(q_);
-            const int64_t size = sizes[t], nsp = NSPANS(size);
-            double sums[2] = {0, 0};
-            for (int64_t s = 0; s < nsp; s++) {
-                const int64_t lo = SPAN_LO(s);
-                double part[2] = {0, 0};
-                span_lamb1(PTR(p_ptrs, t, lo), PTR(g_ptrs, t, lo), PTR(m_ptrs, t, lo), PTR(v_ptrs, t, lo), b1[t],
-                           b2s[t], h, SPAN_LEN(size, s), 1, 1, part, kept + lo);
-                sums[0] += part[0];
-                sums[1] += part[1];
-            }
-            const float wn = (float)sqrt(sums[0]), un = (float)sqrt(sums[1]);
-            const float k = trust_ratio1(wn, un, rh) * neg_lr;
-            for (int64_t s = 0; s < nsp; s++) {
-                const int64_t lo = SPAN_LO(s);
-                span_lamb2_kept(PTR(p_ptrs, t, lo), kept + lo, k, SPAN_LEN(size, s));
-            }
-            wnorm[t] = wn;
-            unorm[t] = un;
-        }
-        free(kept);
-    }
-    return 0;
-}
-
-/* ---------------------------------------------------------------------------------------------- */
-/* grouped entry points: the selected tensors in consecutive groups of about group_elems elements  */
-/* (a larger tensor is a group of its own); for each group, all threads run the norm pass over its */
-/* spans, one computes the ratios, then each thread updates the spans it normed, last-read first   */
-/* (my_share), which the caches still hold. Same span functions and sums as streamed.              */
 
 typedef struct {
     spans_t sp;
@@ -716,166 +306,534 @@ static double tensor_sum(const groups_t *G, int q, const double *partial, int k,
     return acc;
 }
 
-int rt_fromage_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *m_ptrs,
-                       const int64_t *sizes, const int32_t *sel, int nsel, int64_t group_elems, float w,
-                       float lr_signed, float c, const float *wnorm_in, float *wnorm, float *unorm, float *newnorm,
-                       int nthreads) {
-    groups_t G = make_groups(n, sizes, sel, nsel, group_elems);
+/* ---------------------------------------------------------------------------------------------- */
+/* the layerwise step, written once                                                                */
+
+/* A tensor's coefficients for the update pass (what each float means is the optimiser's). */
+typedef struct {
+    float k[4];
+} coef_t;
+
+/* One optimiser's arithmetic. An optimiser's own struct starts with a layerwise_t, so that its
+ * functions get it back from the `o` they are handed.
+ *   norms:  the norm pass over elements [lo, lo + len) of tensor t (updating the optimiser's state on
+ *           the way): adds ΣW² to part[0] (if want_w) and Σu² to part[1] (if want_u); where `kept` is
+ *           given (keeps_u), also writes u there for the update pass.
+ *   coef:   tensor t's coefficients from its trust ratio r and its ‖u‖ (un).
+ *   update: the update pass over the same elements; returns ΣW_new² if want, else 0. `kept`: the u
+ *           the norm pass kept, or NULL (recompute it). */
+typedef struct layerwise layerwise_t;
+struct layerwise {
+    ratio_hp_t rh; /* κ, λ, ε of the ratio the blocked and grouped ways compute */
+    int keeps_u;   /* the update pass can take u from a buffer the norm pass fills */
+    void (*norms)(const layerwise_t *o, int t, int64_t lo, int64_t len, int want_w, int want_u, double *part,
+                  float *kept);
+    coef_t (*coef)(const layerwise_t *o, int t, float r, float un);
+    double (*update)(const layerwise_t *o, int t, int64_t lo, int64_t len, coef_t q, const float *kept, int want);
+};
+
+/* What every entry point is asked to do, besides its own tensors and hyperparameters (see run_way). */
+typedef struct {
+    int n;
+    const int64_t *sizes;
+    const int32_t *sel;
+    int nsel;
+    int64_t group_elems;
+    const float *wnorm_in; /* blocked, grouped: known ‖W‖ (then W is not read for it), or NULL */
+    const float *ratio_in; /* update: the tensors' trust ratios */
+    const float *unorm_in; /* update: their ‖u‖ (NULL: taken as nonzero) */
+    float *wnorm, *unorm;  /* out: ‖W‖ and ‖u‖ (norms: either may be NULL, then not taken) */
+    float *newnorm;        /* out (optional): ‖W‖ after the update */
+    int nthreads;
+} job_t;
+
+/* blocked: whole small tensors per thread, norm pass, ratio and update pass back to back. */
+static int drive_blocked(const layerwise_t *o, const job_t *j) {
+    const int n = j->n, nsel = j->nsel;
+    const int32_t *sel = j->sel;
+    const int64_t *sizes = j->sizes;
+    int64_t largest = 1;
+    if (o->keeps_u)
+        for (int q = 0; q < NSEL; q++)
+            if (sizes[SEL(q)] > largest) largest = sizes[SEL(q)];
+    const int nth = threads_for(NSEL, j->nthreads);
+#pragma omp parallel num_threads(nth)
+    {
+        int lo, hi;
+        thread_range(n, sel, nsel, sizes, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
+        float *kept = o->keeps_u ? (float *)malloc(sizeof(float) * (size_t)largest) : NULL;
+        for (int q = lo; q < hi; q++) {
+            const int t = SEL(q);
+            const int64_t size = sizes[t], nsp = NSPANS(size);
+            double sums[2] = {0, 0}; /* ‖W‖², ‖u‖² */
+            for (int64_t s = 0; s < nsp; s++)
+                o->norms(o, t, SPAN_LO(s), SPAN_LEN(size, s), !j->wnorm_in, 1, sums, kept ? kept + SPAN_LO(s) : NULL);
+            const float wn = j->wnorm_in ? j->wnorm_in[t] : (float)sqrt(sums[0]), un = (float)sqrt(sums[1]);
+            const coef_t k = o->coef(o, t, trust_ratio1(wn, un, o->rh), un);
+            double nn = 0;
+            for (int64_t s = 0; s < nsp; s++)
+                nn += o->update(o, t, SPAN_LO(s), SPAN_LEN(size, s), k, kept ? kept + SPAN_LO(s) : NULL,
+                                j->newnorm != NULL);
+            j->wnorm[t] = wn;
+            j->unorm[t] = un;
+            if (j->newnorm) j->newnorm[t] = (float)sqrt(nn);
+        }
+        free(kept);
+    }
+    return 0;
+}
+
+/* grouped: the selected tensors in consecutive groups of about group_elems elements (a larger tensor
+ * is a group of its own); for each group, all threads run the norm pass over its spans, one computes
+ * the ratios, then each thread updates the spans it normed, last-read first (my_share), which the
+ * caches still hold. Where the optimiser keeps u, it is kept in a buffer of group_elems floats for
+ * the groups that fit in it (a tensor larger than a group is recomputed in the update pass). */
+static int drive_grouped(const layerwise_t *o, const job_t *j) {
+    const int n = j->n, nsel = j->nsel;
+    const int32_t *sel = j->sel;
+    const int64_t group_elems = j->group_elems;
+    groups_t G = make_groups(n, j->sizes, sel, nsel, group_elems);
     double *partial = new_partial(G.sp, 2), *npart = new_partial(G.sp, 1);
-    float *coef = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
-    float *cs = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n : 1)); /* c, or 1 where ‖u‖ = 0 */
-    const ratio_hp_t rh = {1.0f, 0.0f, 0.0f};
-    const int64_t *u_ptrs = m_ptrs ? m_ptrs : g_ptrs;
-#pragma omp parallel num_threads(threads_for(G.sp.n, nthreads))
-    for (int k = 0; k < G.ngroups; k++) {
-        int64_t a, b;
-        my_share(G.gspan[k], G.gspan[k + 1], &a, &b);
-        for (int64_t s = a; s < b; s++) {
-            const span_t x = G.sp.s[s];
-            const int64_t len = x.hi - x.lo;
-            double *part = &partial[s * 2];
-            if (m_ptrs) {
-                part[1] = span_lerp(PTR(m_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), w, len);
-                if (!wnorm_in) part[0] = span_sumsq(PTR(p_ptrs, x.t, x.lo), len);
-            } else if (!wnorm_in) {
-                span_sumsq2(PTR(p_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), len, part);
-            } else {
-                part[1] = span_sumsq(PTR(g_ptrs, x.t, x.lo), len);
+    coef_t *coef = (coef_t *)malloc(sizeof(coef_t) * (size_t)(n > 0 ? n : 1));
+    int64_t *offset = NULL; /* span s: where its u is kept, or -1 */
+    float *kept = NULL;
+    if (o->keeps_u) {
+        offset = (int64_t *)malloc(sizeof(int64_t) * (size_t)(G.sp.n > 0 ? G.sp.n : 1));
+        for (int k = 0; k < G.ngroups; k++) {
+            int64_t at = 0;
+            for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) {
+                offset[s] = at;
+                at += G.sp.s[s].hi - G.sp.s[s].lo;
             }
+            if (at > group_elems)
+                for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) offset[s] = -1;
         }
-#pragma omp barrier
-#pragma omp single
-        for (int q = G.gsel[k]; q < G.gsel[k + 1]; q++) {
-            const int t = SEL(q);
-            const float wn = wnorm_in ? wnorm_in[t] : (float)sqrt(tensor_sum(&G, q, partial, 2, 0));
-            const float un = (float)sqrt(tensor_sum(&G, q, partial, 2, 1));
-            wnorm[t] = wn;
-            unorm[t] = un;
-            coef[t] = trust_ratio1(wn, un, rh) * lr_signed;
-            cs[t] = un == 0.0f ? 1.0f : c;
-        }
-        for (int64_t s = b - 1; s >= a; s--) {
-            const span_t x = G.sp.s[s];
-            npart[s] = span_fromage(PTR(p_ptrs, x.t, x.lo), PTR(u_ptrs, x.t, x.lo), coef[x.t], cs[x.t], x.hi - x.lo,
-                                    newnorm != NULL);
-        }
+        kept = (float *)malloc(sizeof(float) * (size_t)(group_elems > 0 ? group_elems : 1));
     }
-    float *outs[1] = {newnorm};
-    finish_norms(n, sel, nsel, G.sp, npart, 1, outs);
-    free(cs);
-    free(coef);
-    free(npart);
-    free(partial);
-    free_groups(&G);
-    return 0;
-}
-
-int rt_lars_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *v_ptrs, const int64_t *sizes,
-                    const int32_t *sel, int nsel, int64_t group_elems, float lr, float coefficient,
-                    float weight_decay, float eps, int maximize, float momentum, int nesterov, const float *wnorm_in,
-                    float *wnorm, float *gnorm, float *newnorm, int nthreads) {
-    groups_t G = make_groups(n, sizes, sel, nsel, group_elems);
-    double *partial = new_partial(G.sp, 2), *npart = new_partial(G.sp, 1);
-    lars_coef_t *coef = (lars_coef_t *)malloc(sizeof(lars_coef_t) * (size_t)(n > 0 ? n : 1));
-    const ratio_hp_t rh = {coefficient, weight_decay, eps};
-    const int mode = v_ptrs ? (nesterov ? 2 : 1) : 0, decay = weight_decay != 0.0f;
-#pragma omp parallel num_threads(threads_for(G.sp.n, nthreads))
+#define KEPT(s) (kept && offset[s] >= 0 ? kept + offset[s] : NULL)
+#pragma omp parallel num_threads(threads_for(G.sp.n, j->nthreads))
     for (int k = 0; k < G.ngroups; k++) {
         int64_t a, b;
         my_share(G.gspan[k], G.gspan[k + 1], &a, &b);
         for (int64_t s = a; s < b; s++) {
             const span_t x = G.sp.s[s];
-            const int64_t len = x.hi - x.lo;
-            if (!wnorm_in)
-                span_sumsq2(PTR(p_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), len, &partial[s * 2]);
-            else
-                partial[s * 2 + 1] = span_sumsq(PTR(g_ptrs, x.t, x.lo), len);
+            o->norms(o, x.t, x.lo, x.hi - x.lo, !j->wnorm_in, 1, &partial[s * 2], KEPT(s));
         }
 #pragma omp barrier
 #pragma omp single
         for (int q = G.gsel[k]; q < G.gsel[k + 1]; q++) {
             const int t = SEL(q);
-            const float wn = wnorm_in ? wnorm_in[t] : (float)sqrt(tensor_sum(&G, q, partial, 2, 0));
-            const float gn = (float)sqrt(tensor_sum(&G, q, partial, 2, 1));
-            wnorm[t] = wn;
-            gnorm[t] = gn;
-            const float step = trust_ratio1(wn, gn, rh) * lr;
-            const float gs = maximize ? -step : step;
-            const float wds = step * weight_decay;
-            const lars_coef_t cf = {gs, -gs, wds, 1.0f - wds};
-            coef[t] = cf;
-        }
-        for (int64_t s = b - 1; s >= a; s--) {
-            const span_t x = G.sp.s[s];
-            npart[s] = span_lars(PTR(p_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), mode ? PTR(v_ptrs, x.t, x.lo) : NULL,
-                                 coef[x.t], momentum, mode, decay, x.hi - x.lo, newnorm != NULL);
-        }
-    }
-    float *outs[1] = {newnorm};
-    finish_norms(n, sel, nsel, G.sp, npart, 1, outs);
-    free(coef);
-    free(npart);
-    free(partial);
-    free_groups(&G);
-    return 0;
-}
-
-int rt_lamb_grouped(int n, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *m_ptrs, const int64_t *v_ptrs,
-                    const int64_t *sizes, const int32_t *sel, int nsel, int64_t group_elems, const float *b1,
-                    const float *b2s, float w, float beta2, float cv, float eps, float wd, int maximize, float neg_lr,
-                    float *wnorm, float *unorm, int nthreads) {
-    /* u is kept between the passes in a buffer of group_elems floats, for the groups that fit in it
-     * (a tensor larger than a group is recomputed in pass 2 instead). */
-    groups_t G = make_groups(n, sizes, sel, nsel, group_elems);
-    double *partial = new_partial(G.sp, 2);
-    float *coef = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
-    int64_t *offset = (int64_t *)malloc(sizeof(int64_t) * (size_t)(G.sp.n > 0 ? G.sp.n : 1));
-    for (int k = 0; k < G.ngroups; k++) {
-        int64_t o = 0;
-        for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) {
-            offset[s] = o;
-            o += G.sp.s[s].hi - G.sp.s[s].lo;
-        }
-        if (o > group_elems)
-            for (int64_t s = G.gspan[k]; s < G.gspan[k + 1]; s++) offset[s] = -1; /* recompute */
-    }
-    float *kept = (float *)malloc(sizeof(float) * (size_t)(group_elems > 0 ? group_elems : 1));
-    const lamb_hp_t h = {w, beta2, cv, eps, wd, maximize, wd != 0.0f};
-    const ratio_hp_t rh = {1.0f, 0.0f, 0.0f};
-#pragma omp parallel num_threads(threads_for(G.sp.n, nthreads))
-    for (int k = 0; k < G.ngroups; k++) {
-        int64_t a, b;
-        my_share(G.gspan[k], G.gspan[k + 1], &a, &b);
-        for (int64_t s = a; s < b; s++) {
-            const span_t x = G.sp.s[s];
-            span_lamb1(PTR(p_ptrs, x.t, x.lo), PTR(g_ptrs, x.t, x.lo), PTR(m_ptrs, x.t, x.lo), PTR(v_ptrs, x.t, x.lo),
-                       b1[x.t], b2s[x.t], h, x.hi - x.lo, 1, 1, &partial[s * 2], offset[s] >= 0 ? kept + offset[s] : NULL);
-        }
-#pragma omp barrier
-#pragma omp single
-        for (int q = G.gsel[k]; q < G.gsel[k + 1]; q++) {
-            const int t = SEL(q);
-            const float wn = (float)sqrt(tensor_sum(&G, q, partial, 2, 0));
+            const float wn = j->wnorm_in ? j->wnorm_in[t] : (float)sqrt(tensor_sum(&G, q, partial, 2, 0));
             const float un = (float)sqrt(tensor_sum(&G, q, partial, 2, 1));
-            wnorm[t] = wn;
-            unorm[t] = un;
-            coef[t] = trust_ratio1(wn, un, rh) * neg_lr;
+            j->wnorm[t] = wn;
+            j->unorm[t] = un;
+            coef[t] = o->coef(o, t, trust_ratio1(wn, un, o->rh), un);
         }
         for (int64_t s = b - 1; s >= a; s--) {
             const span_t x = G.sp.s[s];
-            if (offset[s] >= 0)
-                span_lamb2_kept(PTR(p_ptrs, x.t, x.lo), kept + offset[s], coef[x.t], x.hi - x.lo);
-            else
-                span_lamb2(PTR(p_ptrs, x.t, x.lo), PTR(m_ptrs, x.t, x.lo), PTR(v_ptrs, x.t, x.lo), b1[x.t], b2s[x.t],
-                           h, coef[x.t], x.hi - x.lo);
+            npart[s] = o->update(o, x.t, x.lo, x.hi - x.lo, coef[x.t], KEPT(s), j->newnorm != NULL);
         }
-#pragma omp barrier /* the next group's pass 1 overwrites `kept` */
+        if (kept) {
+#pragma omp barrier /* the next group's norm pass overwrites `kept` */
+        }
+    }
+#undef KEPT
+    if (j->newnorm) {
+        float *outs[1] = {j->newnorm};
+        finish_norms(n, sel, nsel, G.sp, npart, 1, outs);
     }
     free(kept);
     free(offset);
     free(coef);
+    free(npart);
     free(partial);
     free_groups(&G);
+    return 0;
+}
+
+/* streamed norm pass: ‖W‖ into wnorm and ‖u‖ into unorm, each where given. */
+static int drive_norms(const layerwise_t *o, const job_t *j) {
+    const int n = j->n, nsel = j->nsel;
+    const int32_t *sel = j->sel;
+    spans_t sp = make_spans(n, j->sizes, sel, nsel);
+    double *partial = new_partial(sp, 2);
+    const int want_w = j->wnorm != NULL, want_u = j->unorm != NULL;
+#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, j->nthreads))
+    for (int64_t s = 0; s < sp.n; s++) {
+        const span_t x = sp.s[s];
+        o->norms(o, x.t, x.lo, x.hi - x.lo, want_w, want_u, &partial[s * 2], NULL);
+    }
+    float *outs[2] = {j->wnorm, j->unorm};
+    finish_norms(n, sel, nsel, sp, partial, 2, outs);
+    free(partial);
+    free(sp.s);
+    return 0;
+}
+
+/* streamed update pass, with the coefficients from the ratios (and ‖u‖) the caller computed. */
+static int drive_update(const layerwise_t *o, const job_t *j) {
+    const int n = j->n, nsel = j->nsel;
+    const int32_t *sel = j->sel;
+    spans_t sp = make_spans(n, j->sizes, sel, nsel);
+    double *partial = new_partial(sp, 1);
+    coef_t *coef = (coef_t *)malloc(sizeof(coef_t) * (size_t)(n > 0 ? n : 1));
+    for (int q = 0; q < NSEL; q++) {
+        const int t = SEL(q);
+        coef[t] = o->coef(o, t, j->ratio_in[t], j->unorm_in ? j->unorm_in[t] : 1.0f);
+    }
+#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, j->nthreads))
+    for (int64_t s = 0; s < sp.n; s++) {
+        const span_t x = sp.s[s];
+        partial[s] = o->update(o, x.t, x.lo, x.hi - x.lo, coef[x.t], NULL, j->newnorm != NULL);
+    }
+    if (j->newnorm) {
+        float *outs[1] = {j->newnorm};
+        finish_norms(n, sel, nsel, sp, partial, 1, outs);
+    }
+    free(coef);
+    free(partial);
+    free(sp.s);
+    return 0;
+}
+
+static int run_way(const layerwise_t *o, int way, const job_t *j) {
+    switch (way) {
+    case RT_BLOCKED: return drive_blocked(o, j);
+    case RT_GROUPED: return drive_grouped(o, j);
+    case RT_NORMS: return drive_norms(o, j);
+    case RT_UPDATE: return drive_update(o, j);
+    default: return -1;
+    }
+}
+
+/* The arguments every layerwise entry point starts with, and the job_t they make. */
+#define RT_JOB_ARGS                                                                                         \
+    int way, int n, const int64_t *sizes, const int32_t *sel, int nsel, int64_t group_elems,                \
+        const float *wnorm_in, const float *ratio_in, const float *unorm_in, float *wnorm, float *unorm,   \
+        float *newnorm, int nthreads
+#define RT_JOB {n, sizes, sel, nsel, group_elems, wnorm_in, ratio_in, unorm_in, wnorm, unorm, newnorm, nthreads}
+
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Fromage: u = g, or m ← lerp(m, g, w) and u = m;  k = r·(∓η);  W ← (W + k·u)·c, with c = 1 for a  */
+/* tensor whose ‖u‖ is exactly 0 (left as it is).                                                   */
+
+/* p ← (p + u·k)·c; returns Σ p_new² if want, else 0. */
+static double span_fromage(float *restrict p, const float *restrict u, float k, float c, int64_t len, int want) {
+    double s = 0;
+    if (want)
+        NORM_LOOP(len, s, r = fmaf(u[i], k, p[i]) * c; p[i] = r);
+    else
+        PLAIN_LOOP(len, r = fmaf(u[i], k, p[i]) * c; p[i] = r);
+    return s;
+}
+
+typedef struct {
+    layerwise_t o;
+    const int64_t *p, *g, *m; /* m NULL: no momentum */
+    float w, lr_signed, c;
+} fromage_t;
+
+static void fromage_norms(const layerwise_t *o_, int t, int64_t lo, int64_t len, int want_w, int want_u,
+                          double *part, float *kept) {
+    const fromage_t *o = (const fromage_t *)o_;
+    (void)kept;
+    if (o->m) {
+        part[1] += span_lerp(PTR(o->m, t, lo), PTR(o->g, t, lo), o->w, len);
+        if (want_w) part[0] += span_sumsq(PTR(o->p, t, lo), len);
+    } else if (want_w && want_u) {
+        span_sumsq2(PTR(o->p, t, lo), PTR(o->g, t, lo), len, part);
+    } else if (want_w) {
+        part[0] += span_sumsq(PTR(o->p, t, lo), len);
+    } else if (want_u) {
+        part[1] += span_sumsq(PTR(o->g, t, lo), len);
+    }
+}
+
+static coef_t fromage_coef(const layerwise_t *o_, int t, float r, float un) {
+    const fromage_t *o = (const fromage_t *)o_;
+    (void)t;
+    const coef_t q = {{r * o->lr_signed, un == 0.0f ? 1.0f : o->c, 0.0f, 0.0f}};
+    return q;
+}
+
+static double fromage_apply(const layerwise_t *o_, int t, int64_t lo, int64_t len, coef_t q, const float *kept,
+                            int want) {
+    const fromage_t *o = (const fromage_t *)o_;
+    (void)kept;
+    return span_fromage(PTR(o->p, t, lo), PTR(o->m ? o->m : o->g, t, lo), q.k[0], q.k[1], len, want);
+}
+
+int rt_fromage(RT_JOB_ARGS, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *m_ptrs, float w,
+               float lr_signed, float c) {
+    const fromage_t o = {{{1.0f, 0.0f, 0.0f}, 0, fromage_norms, fromage_coef, fromage_apply},
+                         p_ptrs, g_ptrs, m_ptrs, w, lr_signed, c};
+    const job_t j = RT_JOB;
+    return run_way(&o.o, way, &j);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* LARS                                                                                            */
+
+/* LARS. Per tensor: gs = ±η·r (coefficient of g in v), ngs = −gs, wds = η·r·λ, shrink = 1 − η·r·λ.
+ * mode 0 (no momentum):  p ← p·shrink (if decay);  p ← p + g·ngs
+ * mode 1 (heavy ball):   v ← v·μ;  v ← v + g·gs;  v ← v + p·wds (if decay);  p ← p − v
+ * mode 2 (Nesterov):     v as in mode 1;  p ← p·shrink (if decay);  p ← p + g·ngs;  p ← p − μ·v  */
+typedef struct {
+    float gs, ngs, wds, shrink;
+} lars_coef_t;
+
+#define LARS_STMT(MODE, DECAY)                                           \
+    {                                                                    \
+        float pv = p[i];                                                 \
+        if (MODE == 0) {                                                 \
+            if (DECAY) pv = pv * q.shrink;                               \
+            r = fmaf(g[i], q.ngs, pv);                                   \
+        } else {                                                         \
+            float vv = v[i] * mu;                                        \
+            vv = fmaf(g[i], q.gs, vv);                                   \
+            if (DECAY) vv = fmaf(pv, q.wds, vv);                         \
+            v[i] = vv;                                                   \
+            if (MODE == 1) {                                             \
+                r = pv - vv;                                             \
+            } else {                                                     \
+                if (DECAY) pv = pv * q.shrink;                           \
+                pv = fmaf(g[i], q.ngs, pv);                              \
+                r = fmaf(vv, -mu, pv);                                   \
+            }                                                            \
+        }                                                                \
+        p[i] = r;                                                        \
+    }
+
+#define LARS_CASE(MODE, DECAY)                                           \
+    if (mode == MODE && decay == DECAY) {                                \
+        if (want)                                                        \
+            NORM_LOOP(len, s, LARS_STMT(MODE, DECAY));                   \
+        else                                                             \
+            PLAIN_LOOP(len, LARS_STMT(MODE, DECAY));                     \
+    }
+
+static double span_lars(float *restrict p, const float *restrict g, float *restrict v, lars_coef_t q, float mu,
+                        int mode, int decay, int64_t len, int want) {
+    double s = 0;
+    LARS_CASE(0, 0) LARS_CASE(0, 1) LARS_CASE(1, 0) LARS_CASE(1, 1) LARS_CASE(2, 0) LARS_CASE(2, 1)
+    return s;
+}
+typedef struct {
+    layerwise_t o;
+    const int64_t *p, *g, *v; /* v NULL: no momentum */
+    float lr, weight_decay, momentum;
+    int maximize, mode, decay;
+} lars_t;
+
+static void lars_norms(const layerwise_t *o_, int t, int64_t lo, int64_t len, int want_w, int want_u, double *part,
+                       float *kept) {
+    const lars_t *o = (const lars_t *)o_;
+    (void)kept;
+    if (want_w && want_u)
+        span_sumsq2(PTR(o->p, t, lo), PTR(o->g, t, lo), len, part);
+    else if (want_w)
+        part[0] += span_sumsq(PTR(o->p, t, lo), len);
+    else if (want_u)
+        part[1] += span_sumsq(PTR(o->g, t, lo), len);
+}
+
+/* step = r·η;  gs = ±step, ngs = −gs, wds = step·λ, shrink = 1 − wds */
+static coef_t lars_coef(const layerwise_t *o_, int t, float r, float un) {
+    const lars_t *o = (const lars_t *)o_;
+    (void)t, (void)un;
+    const float step = r * o->lr, gs = o->maximize ? -step : step, wds = step * o->weight_decay;
+    const coef_t q = {{gs, -gs, wds, 1.0f - wds}};
+    return q;
+}
+
+static double lars_apply(const layerwise_t *o_, int t, int64_t lo, int64_t len, coef_t q, const float *kept,
+                         int want) {
+    const lars_t *o = (const lars_t *)o_;
+    (void)kept;
+    const lars_coef_t c = {q.k[0], q.k[1], q.k[2], q.k[3]};
+    return span_lars(PTR(o->p, t, lo), PTR(o->g, t, lo), o->mode ? PTR(o->v, t, lo) : NULL, c, o->momentum, o->mode,
+                     o->decay, len, want);
+}
+
+int rt_lars(RT_JOB_ARGS, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *v_ptrs, float lr,
+            float coefficient, float weight_decay, float eps, int maximize, float momentum, int nesterov) {
+    const lars_t o = {{{coefficient, weight_decay, eps}, 0, lars_norms, lars_coef, lars_apply},
+                      p_ptrs, g_ptrs, v_ptrs, lr, weight_decay, momentum, maximize,
+                      v_ptrs ? (nesterov ? 2 : 1) : 0, weight_decay != 0.0f};
+    const job_t j = RT_JOB;
+    return run_way(&o.o, way, &j);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* LAMB                                                                                            */
+
+/* LAMB. Per tensor: b1 = 1 − β₁ᵗ, b2s = √(1 − β₂ᵗ).
+ * u = m / ((√v / b2s + ε)·b1), negated if maximize, + λ·p (if decay). The reference divides twice
+ * more per element; here the two divisions by per-tensor constants are multiplications by their
+ * reciprocals, u = (m·(1/b1)) / (√v·(1/b2s) + ε), so LAMB agrees with torch to a few float32
+ * roundings rather than bit for bit (a division is the costliest operation in the loop and LAMB
+ * recomputes u in its second pass).
+ * pass 1: v ← v·β₂ + (1−β₂)·g·g;  m ← lerp(m, g, 1−β₁);  Σu² (if want_u) and Σp² (if want_p).
+ * pass 2: p ← p + u·coef (u recomputed from the updated m and v).
+ * w = 1 − β₁ and cv = 1 − β₂ come rounded from double, as torch receives them. */
+typedef struct {
+    float w, beta2, cv, eps, wd;
+    int maximize, decay;
+} lamb_hp_t;
+
+/* ib1 = 1/b1, ib2s = 1/b2s */
+static inline float lamb_dir(float m, float v, float p, float ib1, float ib2s, const lamb_hp_t *h) {
+    float u = (m * ib1) / fmaf(sqrtf(v), ib2s, h->eps);
+    if (h->maximize) u = -u;
+    if (h->decay) u = fmaf(p, h->wd, u);
+    return u;
+}
+
+/* u_out (optional): where to keep u for pass 2 (span_lamb2_kept), which then need not recompute it. */
+static void span_lamb1(const float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
+                       float b1, float b2s, lamb_hp_t h, int64_t len, int want_u, int want_p, double *out,
+                       float *restrict u_out) {
+    const int small = fabsf(h.w) < 0.5f;
+    const float ib1 = 1.0f / b1, ib2s = 1.0f / b2s;
+#define LAMB1_MOMENTS                                                    \
+    const float gi = g[i];                                               \
+    float vi = v[i] * h.beta2;                                           \
+    vi = fmaf(h.cv * gi, gi, vi);                                        \
+    v[i] = vi;                                                           \
+    const float mi = lerp1(m[i], gi, h.w, small);                        \
+    m[i] = mi;
+    if (want_u && u_out)
+        NORM_LOOP(len, out[1], LAMB1_MOMENTS r = lamb_dir(mi, vi, p[i], ib1, ib2s, &h); u_out[i] = r);
+    else if (want_u)
+        NORM_LOOP(len, out[1], LAMB1_MOMENTS r = lamb_dir(mi, vi, p[i], ib1, ib2s, &h));
+    else
+        PLAIN_LOOP(len, LAMB1_MOMENTS r = 0);
+#undef LAMB1_MOMENTS
+    if (want_p) out[0] += span_sumsq(p, len);
+}
+
+static void span_lamb2(float *restrict p, const float *restrict m, const float *restrict v, float b1, float b2s,
+                       lamb_hp_t h, float k, int64_t len) {
+    const float ib1 = 1.0f / b1, ib2s = 1.0f / b2s;
+    PLAIN_LOOP(len, r = fmaf(lamb_dir(m[i], v[i], p[i], ib1, ib2s, &h), k, p[i]); p[i] = r);
+}
+
+/* pass 2 with the u that pass 1 kept: the same bits as span_lamb2, without a sqrt and a division. */
+static void span_lamb2_kept(float *restrict p, const float *restrict u, float k, int64_t len) {
+    PLAIN_LOOP(len, r = fmaf(u[i], k, p[i]); p[i] = r);
+}
+typedef struct {
+    layerwise_t o;
+    const int64_t *p, *g, *m, *v;
+    const float *b1, *b2s; /* per tensor */
+    lamb_hp_t h;
+    float neg_lr;
+} lamb_t;
+
+static void lamb_norms(const layerwise_t *o_, int t, int64_t lo, int64_t len, int want_w, int want_u, double *part,
+                       float *kept) {
+    const lamb_t *o = (const lamb_t *)o_;
+    span_lamb1(PTR(o->p, t, lo), PTR(o->g, t, lo), PTR(o->m, t, lo), PTR(o->v, t, lo), o->b1[t], o->b2s[t], o->h, len,
+               want_u, want_w, part, kept);
+}
+
+static coef_t lamb_coef(const layerwise_t *o_, int t, float r, float un) {
+    const lamb_t *o = (const lamb_t *)o_;
+    (void)t, (void)un;
+    const coef_t q = {{r * o->neg_lr, 0.0f, 0.0f, 0.0f}};
+    return q;
+}
+
+static double lamb_apply(const layerwise_t *o_, int t, int64_t lo, int64_t len, coef_t q, const float *kept,
+                         int want) {
+    const lamb_t *o = (const lamb_t *)o_;
+    (void)want; /* LAMB has no weight-norm cache */
+    if (kept)
+        span_lamb2_kept(PTR(o->p, t, lo), kept, q.k[0], len);
+    else
+        span_lamb2(PTR(o->p, t, lo), PTR(o->m, t, lo), PTR(o->v, t, lo), o->b1[t], o->b2s[t], o->h, q.k[0], len);
+    return 0;
+}
+
+int rt_lamb(RT_JOB_ARGS, const int64_t *p_ptrs, const int64_t *g_ptrs, const int64_t *m_ptrs, const int64_t *v_ptrs,
+            const float *b1, const float *b2s, float w, float beta2, float cv, float eps, float wd, int maximize,
+            float neg_lr) {
+    const lamb_t o = {{{1.0f, 0.0f, 0.0f}, 1, lamb_norms, lamb_coef, lamb_apply},
+                      p_ptrs, g_ptrs, m_ptrs, v_ptrs, b1, b2s, {w, beta2, cv, eps, wd, maximize, wd != 0.0f}, neg_lr};
+    const job_t j = RT_JOB;
+    return run_way(&o.o, way, &j);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* the other entry points: plain norms, the monitor's passes, rescaling, step counters            */
+
+/* norms of k aligned lists of N tensors (list j: ptrs[j*n + t]); outs[j]: float[n], or NULL. */
+int rt_norms(int n, int k, const int64_t *ptrs, const int64_t *sizes, const int32_t *sel, int nsel,
+             float *const *outs, int nthreads) {
+    spans_t sp = make_spans(n, sizes, sel, nsel);
+    double *partial = new_partial(sp, k);
+#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
+    for (int64_t s = 0; s < sp.n; s++) {
+        const span_t x = sp.s[s];
+        const int64_t len = x.hi - x.lo;
+        int j = 0;
+        for (; j + 2 <= k; j += 2) /* two lists in one loop: two concurrent read streams */
+            span_sumsq2(PTR(ptrs + (int64_t)j * n, x.t, x.lo), PTR(ptrs + (int64_t)(j + 1) * n, x.t, x.lo), len,
+                        &partial[s * k + j]);
+        for (; j < k; j++) partial[s * k + j] = span_sumsq(PTR(ptrs + (int64_t)j * n, x.t, x.lo), len);
+    }
+    finish_norms(n, sel, nsel, sp, partial, k, outs);
+    free(partial);
+    free(sp.s);
+    return 0;
+}
+
+/* The training monitor's two passes (reltrust.trust.TrustMonitor): before a step, dst ← src with
+ * ‖src‖ in the same pass; after it, ‖a − b‖ without writing the difference. */
+static double span_copy_sumsq(float *restrict dst, const float *restrict src, int64_t len) {
+    double s = 0;
+    NORM_LOOP(len, s, r = src[i]; dst[i] = r);
+    return s;
+}
+
+static double span_diff_sumsq(const float *restrict a, const float *restrict b, int64_t len) {
+    double s = 0;
+    NORM_LOOP(len, s, r = a[i] - b[i]);
+    return s;
+}
+
+/* mode 0: dst ← src, norm[t] = ‖src_t‖;  mode 1: norm[t] = ‖dst_t − src_t‖ (nothing written). */
+int rt_snapshot_norms(int n, int mode, const int64_t *dst_ptrs, const int64_t *src_ptrs, const int64_t *sizes,
+                      float *norm, int nthreads) {
+    spans_t sp = make_spans(n, sizes, NULL, 0);
+    double *partial = new_partial(sp, 1);
+#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
+    for (int64_t s = 0; s < sp.n; s++) {
+        const span_t x = sp.s[s];
+        partial[s] = mode == 0 ? span_copy_sumsq(PTR(dst_ptrs, x.t, x.lo), PTR(src_ptrs, x.t, x.lo), x.hi - x.lo)
+                               : span_diff_sumsq(PTR(dst_ptrs, x.t, x.lo), PTR(src_ptrs, x.t, x.lo), x.hi - x.lo);
+    }
+    float *outs[1] = {norm};
+    finish_norms(n, NULL, 0, sp, partial, 1, outs);
+    free(partial);
+    free(sp.s);
+    return 0;
+}
+
+
+/* p ← p·scale[t] for the tensors whose scale is not exactly 1 (multiplying by 1 is the identity). */
+int rt_scale(int n, const int64_t *p_ptrs, const int64_t *sizes, const float *scale, int nthreads) {
+    spans_t sp = make_spans(n, sizes, NULL, 0);
+#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
+    for (int64_t s = 0; s < sp.n; s++) {
+        const span_t x = sp.s[s];
+        const float k = scale[x.t];
+        if (k == 1.0f) continue;
+        float *restrict p = PTR(p_ptrs, x.t, x.lo);
+        PLAIN_LOOP(x.hi - x.lo, r = p[i] * k; p[i] = r);
+    }
+    free(sp.s);
     return 0;
 }
 

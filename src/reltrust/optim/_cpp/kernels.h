@@ -8,6 +8,12 @@
 #ifndef RELTRUST_KERNELS_H
 #define RELTRUST_KERNELS_H
 
-#define RT_ABI_VERSION 4
+#define RT_ABI_VERSION 5
+
+/* The `way` argument of the layerwise entry points (rt_fromage, rt_lars, rt_lamb; see kernels.c). */
+#define RT_BLOCKED 0
+#define RT_GROUPED 1
+#define RT_NORMS 2
+#define RT_UPDATE 3
 
 #endif
