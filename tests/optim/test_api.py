@@ -441,3 +441,41 @@ def test_an_older_state_without_switches_and_with_torch_keys_loads_and_resumes(n
     train(m2, o2, data[3:])
     for a, b in zip(m1.parameters(), m2.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["fromage", "lars"])
+def test_the_functional_updates_keep_the_weight_norm_cache_private(name):
+    """`weight_norm`/`return_weight_norm` were public arguments of fromage_update and lars_update,
+    though only the optimisers' weight-norm cache can vouch for them. They are private now; the old
+    names still work, with a DeprecationWarning and the same numbers; anything else is a TypeError."""
+    import inspect
+    import warnings
+
+    from reltrust.optim import _native, fromage_update, lars_update
+
+    fn = {"fromage": fromage_update, "lars": lars_update}[name]
+    public = [k for k in inspect.signature(fn).parameters if not k.startswith("_")]
+    assert "weight_norm" not in public and "return_weight_norm" not in public
+    gen = torch.Generator().manual_seed(0)
+    w0 = [torch.randn(30, 20, generator=gen), torch.randn(7, generator=gen)]
+    g = [torch.randn(30, 20, generator=gen), torch.randn(7, generator=gen)]
+    args = {"fromage": lambda ps: (ps, g, None, None), "lars": lambda ps: (ps, g, None)}[name]
+    kw = dict(lr=0.1, momentum=0.0)
+
+    def run(**extra):
+        ps = [w.clone() for w in w0]
+        return ps, fn(*args(ps), **kw, **extra)
+
+    private_ps, private_norms = run(_return_weight_norm=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(_return_weight_norm=True)  # the private keywords warn nothing
+    with pytest.warns(DeprecationWarning, match="return_weight_norm= is the optimisers' internal"):
+        old_ps, old_norms = run(return_weight_norm=True)
+    assert all(torch.equal(a, b) for a, b in zip(private_ps, old_ps))
+    if _native.available():  # the native path returns the new weights' norms, taken in the update pass
+        assert torch.equal(private_norms, old_norms)
+        expected = torch.stack([torch.linalg.vector_norm(p.double()) for p in private_ps])
+        assert torch.allclose(private_norms.double(), expected, rtol=1e-6)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'weight_norms'"):
+        run(weight_norms=None)

@@ -174,26 +174,27 @@ def layer_ratios(params, direction, like, foreach: bool, trust_ratio: bool, *, c
     return weight_norm, direction, ratio
 
 
-#: The functional updates' private keywords for the optimisers' weight-norm cache (cache_weight_norm).
-_CACHE_KEYS = {"_weight_norm": "weight_norm", "_return_weight_norm": "return_weight_norm"}
+#: The public names the weight-norm cache's keywords of the functional updates had before they were private.
+_CACHE_KEYWORDS = ("weight_norm", "return_weight_norm")
 
 
-def weight_norm_cache(fn: str, keywords: dict[str, Any]) -> tuple[torch.Tensor | None, bool]:
-    """(known local ‖W‖ or None, whether to return the new ones) from a functional update's extra
-    keywords: the private ones an optimiser's step passes (`Bucket.norm_cache_args`), or the public
-    names they had before (`weight_norm`, `return_weight_norm`: still taken, with a
-    DeprecationWarning). Any other keyword is a TypeError, as Python's own."""
-    found = {}
-    for key, value in keywords.items():
-        if key in _CACHE_KEYS:
-            found[_CACHE_KEYS[key]] = value
-        elif key in _CACHE_KEYS.values():
-            warnings.warn(f"{fn}: {key}= is internal to the optimisers' weight-norm cache and will be removed; "
-                          "use the optimiser's cache_weight_norm=True", DeprecationWarning, stacklevel=3)
-            found[key] = value
-        else:
+def weight_norm_cache(fn: str, weight_norm: torch.Tensor | None, return_weight_norm: bool,
+                      deprecated: dict[str, Any]) -> tuple[torch.Tensor | None, bool]:
+    """(known local ‖W‖ or None, whether to return the new ones): the private keywords
+    `_weight_norm`, `_return_weight_norm` an optimiser's step passes to its functional update
+    (`Bucket.norm_cache_args`), or the public names they had before (`weight_norm=`,
+    `return_weight_norm=`: still taken, with a DeprecationWarning). Any other keyword is a
+    TypeError, as Python's own."""
+    for key, value in deprecated.items():
+        if key not in _CACHE_KEYWORDS:
             raise TypeError(f"{fn}() got an unexpected keyword argument {key!r}")
-    return found.get("weight_norm"), bool(found.get("return_weight_norm", False))
+        warnings.warn(f"{fn}: {key}= is the optimisers' internal weight-norm cache (use the optimiser's "
+                      "cache_weight_norm=True); it will be removed", DeprecationWarning, stacklevel=3)
+        if key == "weight_norm":
+            weight_norm = value
+        else:
+            return_weight_norm = value
+    return weight_norm, bool(return_weight_norm)
 
 
 def check_float(name: str, value: Any, low: float, high: float | None = None, *, low_open=False, high_open=True,

@@ -17,7 +17,10 @@ and weight update, LAMB's weight update — each optionally also returning the n
   shards and turned into ratios by `trust_ratio` in torch, then an update pass.
 
 The first two compute the ratio in C (`trust_ratio1`, tested bit-equal to `_ratio.trust_ratio`);
-all three give identical bits.
+all three give identical bits. The step is written once on each side: in C, drivers over an
+optimiser's norm pass, coefficient and update pass (one entry point rt_<name> per optimiser, its
+`way` naming the driver); here, `Kernel` binds an optimiser's tensors and scalars to its entry point
+and `layerwise_step` runs the ways a step needs.
 
 They are compiled by the system C compiler (``$CC``, else ``cc``/``gcc``; about a second) into the
 torch extensions directory (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), named by

@@ -189,17 +189,23 @@ def fromage_update(
     foreach: bool = True,
     like: list[torch.Tensor] | None = None,
     fused: bool | None = None,
-    **cache: Any,
-) -> None:
+    _weight_norm: torch.Tensor | None = None,
+    _return_weight_norm: bool = False,
+    **deprecated: Any,
+) -> torch.Tensor | None:
     """Functional Fromage step over same-device, same-dtype tensors (see `Fromage` for the rule).
 
     Reads p and u for the norms, then updates p in place: p += (∓η·r)·u, p *= 1/√(1+η²). No host
     synchronisation and no full-size temporaries. `fused`: as in `Fromage` (None: native kernels
     for the tensors they take, the torch path for the others). `lr` may be a 0-dim tensor: the torch
-    path then reads it only on the device (the native kernels take its value). (`Fromage`'s
-    weight-norm cache passes its norms through private keywords, `weight_norm_cache`.)
+    path then reads it only on the device (the native kernels take its value).
+
+    `_weight_norm` and `_return_weight_norm` are the plumbing of `Fromage`'s weight-norm cache
+    (``cache_weight_norm``), private to the optimisers: on the native path for all tensors, the norms
+    of the (local) `params` as the previous call left them, and whether to return the new ones
+    (taken in the update pass); otherwise ignored and None returned (see `_base.weight_norm_cache`).
     """
-    weight_norm, return_weight_norm = weight_norm_cache("fromage_update", cache)
+    weight_norm, return_weight_norm = weight_norm_cache("fromage_update", _weight_norm, _return_weight_norm, deprecated)
     like = like if like is not None else params
     if momentum > 0 and momentum_buffers is None:
         raise ValueError("fromage_update: momentum > 0 needs momentum_buffers")

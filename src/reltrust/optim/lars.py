@@ -132,12 +132,15 @@ def lars_update(
     foreach: bool = True,
     like: list[torch.Tensor] | None = None,
     fused: bool | None = None,
-    **cache: Any,
-) -> None:
+    _weight_norm: torch.Tensor | None = None,
+    _return_weight_norm: bool = False,
+    **deprecated: Any,
+) -> torch.Tensor | None:
     """Functional LARS step over same-device, same-dtype tensors (see `LARS` for the rule).
 
-    `fused`, `lr`: as in `fromage_update` (so is the weight-norm cache's private plumbing)."""
-    weight_norm, return_weight_norm = weight_norm_cache("lars_update", cache)
+    `fused`, `lr`, and the weight-norm cache's private `_weight_norm`, `_return_weight_norm`: as in
+    `fromage_update`."""
+    weight_norm, return_weight_norm = weight_norm_cache("lars_update", _weight_norm, _return_weight_norm, deprecated)
     like = like if like is not None else params
     if momentum != 0 and momentum_buffers is None:
         raise ValueError("lars_update: momentum > 0 needs momentum_buffers")
