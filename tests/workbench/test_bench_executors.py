@@ -92,13 +92,26 @@ def _runs(out: Path) -> dict:
             for r in runs}
 
 
-def test_bench_on_dask_and_submitit_gives_the_runs_and_summary_of_local_processes(tmp_path, user_module, cluster):
+def test_bench_on_dask_and_submitit_gives_the_runs_and_summary_of_local_processes(tmp_path, user_module, cluster, capsys):
+    from reltrust.workbench import bench
+
     argv = ["bench", "--tiny", "--optimizer", f"{user_module}:ScaledSGD", "--hp", "scale=0.5", "--tasks", "mlp-mnist",
             "--threads", "1", "--no-progress"]
+    # submitit: stage 1 is put in its store first (run here, as --executor local runs it), so that only
+    # stage 2 goes to submitit: each job is a fresh Python importing torch, the slow part of this test
+    # (stage 1 on submitit: test_executors.py). The bench resumes from it as from any store.
+    protocol = bench.PROTOCOLS["tiny"]
+    (entrant,) = bench.parse_entrants([("optimizer", f"{user_module}:ScaledSGD"), ("hp", "scale=0.5")], protocol)
+    with Store(tmp_path / "slurm" / "results.sqlite") as store:
+        run_sweep(bench.tuning_grid([bench.TINY_TASKS["mlp-mnist"]], [entrant], protocol), store, workers=0,
+                  threads=1, progress=False)
     engines = {"local": ["--workers", "0"], "dask": ["--executor", "dask", "--scheduler", cluster.scheduler_address],
                "slurm": ["--executor", "slurm", "--slurm-cluster", "local"]}
     for name, extra in engines.items():
         assert main([*argv, "--out", str(tmp_path / name), *extra]) == 0, name
+    printed = capsys.readouterr().out.split("bench, tiny protocol")
+    assert "stage 1 (tuning): 2 run(s) to do" in printed[2] and "stage 2 (rerun): 1 run(s) to do" in printed[2]  # dask
+    assert "stage 1 (tuning): 0 run(s) to do" in printed[3] and "stage 2 (rerun): 1 run(s) to do" in printed[3]  # slurm
     assert user_module_paths([RunSpec(study="x", dataset="mnist", model="mlp", optimizer=f"{user_module}:ScaledSGD",
                                       lr=0.1)]) == (str(tmp_path / "mods"),)
     local = _runs(tmp_path / "local")
@@ -109,6 +122,7 @@ def test_bench_on_dask_and_submitit_gives_the_runs_and_summary_of_local_processe
         got = json.loads((tmp_path / name / "bench_summary.json").read_text())
         assert (got["results"], got["optimizers"]) == (summary["results"], summary["optimizers"]), name
     assert list((tmp_path / "slurm" / "slurm" / "jobs").iterdir()) == []  # every job collected
+    assert len(list((tmp_path / "slurm" / "slurm" / "logs").glob("*_submitted.pkl"))) == 1
     report = (tmp_path / "dask" / "report.md").read_text()
     assert f"--executor dask --scheduler {cluster.scheduler_address}`" in report  # the command line says where
     assert "--executor slurm --slurm-cluster local`" in (tmp_path / "slurm" / "report.md").read_text()
@@ -203,7 +217,7 @@ def test_a_dask_worker_killed_mid_run_is_rerun_by_dask_then_recorded_as_crashed_
     assert recs[spec.key].final == execute(spec, "cpu", None).final  # the same result as an undisturbed run
 
     # With no failures allowed the first death is final: recorded as crashed (KilledWorker), the other
-    # finished run kept; the same sweep again retries it.
+    # finished run kept; the next sweep would run it again (crashed runs are pending).
     cluster.scheduler.allowed_failures, before = 0, cluster.scheduler.allowed_failures
     try:
         gate = tmp_path / "b"
@@ -216,8 +230,8 @@ def test_a_dask_worker_killed_mid_run_is_rerun_by_dask_then_recorded_as_crashed_
     assert (summary.skipped, summary.crashed) == (1, 1)
     assert recs[spec.key].status == "crashed" and recs[other.key].status == "ok"
     assert "dask worker died while running this spec" in recs[spec.key].error and "KilledWorker" in recs[spec.key].error
-    summary, recs = _sweep([spec, other], tmp_path / "r.sqlite", executor)
-    assert (summary.ran, summary.ok, summary.skipped) == (1, 1, 1)
+    with Store(tmp_path / "r.sqlite") as store:
+        assert store.pending([spec, other]) == [spec]
 
 
 def test_a_submitit_job_killed_outside_python_is_a_crashed_run_with_its_reason_and_the_rerun_retries_it(
@@ -235,3 +249,31 @@ def test_a_submitit_job_killed_outside_python_is_a_crashed_run_with_its_reason_a
     summary, recs = _sweep([spec], tmp_path / "r.sqlite", executor)
     assert (summary.ran, summary.ok) == (1, 1) and recs[spec.key].final == execute(spec, "cpu", None).final
     assert len(list((tmp_path / "slurm" / "logs").glob("*_submitted.pkl"))) == 2  # submitted once more
+
+
+def test_bench_dry_run_prints_each_stage_from_the_store_and_writes_nothing(tmp_path, capsys):
+    from reltrust.workbench import bench
+    from reltrust.workbench.results import RunRecord
+
+    out = tmp_path / "bench"
+    argv = ["bench", "--tiny", "--optimizer", "sgd", "--tasks", "mlp-mnist", "--out", str(out), "--executor", "slurm",
+            "--partition", "cpu", "--dry-run"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "stage 1 (tuning): 2 of 2 run(s) to do: slurm (slurm): 0 run(s) already submitted" in text
+    assert "2 submitted as one job array" in text and "'slurm_partition': 'cpu'" in text
+    assert "stage 2 (rerun): 0 run(s) to do for the 0 task × optimizer pair(s) tuned so far; 1 pair(s)" in text
+    assert not out.exists()
+    # Stage 1 in the store (lr 0.1 the better): stage 2 is known, the rerun at 0.1 on seed 1.
+    lo, hi = bench.tuning_grid([bench.TINY_TASKS["mlp-mnist"]], [bench.Entrant("sgd")], bench.PROTOCOLS["tiny"])
+    assert (lo.lr, hi.lr) == (0.01, 0.1)
+    with Store(out / "results.sqlite") as store:
+        for spec, acc in ((lo, 0.6), (hi, 0.9)):
+            store.record(RunRecord(spec=spec, status="ok", final={"val_acc": acc}))
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "stage 1 (tuning): 0 of 2 run(s) to do" in text
+    (rerun,) = [line for line in text.splitlines() if line.startswith("  ")]
+    assert rerun.endswith("sgd@0.1/seed1") and "stage 2 (rerun): 1 run(s) to do for the 1 task" in text
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before

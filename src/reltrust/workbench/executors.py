@@ -126,13 +126,13 @@ def run_one(spec: RunSpec, device: str, data_dir: str | None, threads: int | Non
             paths: Sequence[str] = ()) -> RunRecord:
     """`runner.execute` on a remote worker, with its torch thread count set and `paths` (the folders of
     a user's optimiser module, `user_module_paths`) appended to ``sys.path`` first."""
+    why = not_importable(_user_module(spec), paths)
+    if why is not None:  # said before torch is imported: a job that cannot run ends in a second
+        return _crash(spec, device, why)
     import torch
 
     from reltrust.workbench.runner import execute
 
-    why = not_importable(_user_module(spec), paths)
-    if why is not None:
-        return _crash(spec, device, why)
     if threads:
         torch.set_num_threads(int(threads))
     return execute(spec, device, data_dir, False)
