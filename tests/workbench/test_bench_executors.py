@@ -277,3 +277,32 @@ def test_bench_dry_run_prints_each_stage_from_the_store_and_writes_nothing(tmp_p
     (rerun,) = [line for line in text.splitlines() if line.startswith("  ")]
     assert rerun.endswith("sgd@0.1/seed1") and "stage 2 (rerun): 1 run(s) to do for the 1 task" in text
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_the_reports_command_line_records_the_executor_options_given():
+    from reltrust.cli import build_parser
+    from reltrust.workbench import bench
+    from reltrust.workbench.cli import _command_line
+
+    args = build_parser().parse_args(["reproduce", "depth", "--quick", "--executor", "slurm", "--partition", "cpu",
+                                      "--time", "5", "--sbatch", "qos=low", "--sbatch", "account=lab"])
+    assert _command_line(args) == ("reltrust reproduce depth --quick --executor slurm --partition cpu --time 5 "
+                                   "--sbatch qos=low --sbatch account=lab")
+    args = build_parser().parse_args(["bench", "--optimizer", "adam", "--executor", "dask", "--scheduler",
+                                      "tcp://head:8786", "--workers", "4"])
+    assert bench._command_line(args) == ("reltrust bench --optimizer adam --workers 4 --executor dask "
+                                         "--scheduler tcp://head:8786")
+    args = build_parser().parse_args(["bench", "--optimizer", "adam", "--time", "60"])  # defaults: not repeated
+    assert bench._command_line(args) == "reltrust bench --optimizer adam"
+
+
+def test_bench_without_the_extra_fails_with_the_install_command_before_writing(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "distributed" else real(name, *a))
+    out = tmp_path / "b"
+    assert main(["bench", "--tiny", "--optimizer", "sgd", "--tasks", "mlp-mnist", "--out", str(out), "--executor",
+                 "dask"]) == 2
+    assert capsys.readouterr().err == "reltrust bench: --executor dask needs distributed: pip install 'reltrust[dask]'\n"
+    assert not out.exists()
