@@ -120,6 +120,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # seconds-long tasks for the tests
+    from reltrust.workbench.cli import add_executor_arguments
+
+    add_executor_arguments(p)  # --executor local|dask|slurm, --scheduler, the slurm options, --dry-run
 
     def run(args: argparse.Namespace) -> int:
         _require_workbench("bench")

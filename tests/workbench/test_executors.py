@@ -108,16 +108,31 @@ def test_a_sigkilled_driver_loses_nothing_and_the_next_one_collects_instead_of_r
     assert _metrics(db) == reference
 
 
-def test_dry_run_prints_what_would_be_submitted_and_runs_nothing(tmp_path, capsys):
+def _tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_dry_run_prints_what_would_be_submitted_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "dry"
-    rc = main(["reproduce", "depth", "--tiny", "--out", str(out), "--executor", "slurm", "--partition", "cpu",
-               "--time", "5", "--sbatch", "qos=low", "--dry-run", "--no-progress"])
+    argv = ["reproduce", "depth", "--tiny", "--out", str(out), "--executor", "slurm", "--partition", "cpu",
+            "--time", "5", "--sbatch", "qos=low", "--dry-run", "--no-progress"]
+    rc = main(argv)
     text = capsys.readouterr().out
     assert rc == 0 and "dry run, nothing submitted" in text and "'slurm_partition': 'cpu'" in text
     assert "'slurm_additional_parameters': {'qos': 'low'}" in text and "36 submitted as one job array" in text
-    assert not (out / "slurm").exists()
+    assert not out.exists()  # no folder, no store, no lock, no slurm/ folder
+    # With a store there: what it holds is counted, and no file is created or changed (no -wal/-shm, no lock).
+    from reltrust.workbench.results import RunRecord
+    from reltrust.workbench.studies import get_study
+
+    first = get_study("depth").grid(False, tiny=True)[0]
     with Store(out / "results.sqlite") as store:
-        assert len(store) == 0
+        store.record(RunRecord(spec=first, status="ok", final={"train_loss": 1.0}))
+    before = _tree(out)
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "36 runs in the grid, 1 already in" in text and "35 submitted as one job array" in text
+    assert first.key not in text and _tree(out) == before
 
 
 def test_without_the_extra_the_flag_fails_with_the_install_command(monkeypatch, tmp_path, capsys):

@@ -586,7 +586,41 @@ def _command_line(args: argparse.Namespace) -> str:
             parts += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
     if args.device != "cpu":
         parts += ["--device", args.device]
-    return " ".join(shlex.quote(p) for p in parts + (["--tiny"] if args.tiny else []))
+    from reltrust.workbench.cli import executor_command_parts
+
+    return " ".join(shlex.quote(p) for p in parts + (["--tiny"] if args.tiny else []) + executor_command_parts(args))
+
+
+def _dry_run(out: Path, tasks, entrants, protocol: Protocol, protocol_name: str, budgets, executor) -> int:
+    """`--dry-run`: what each stage would submit now, from the store in `out` if there is one; writes nothing."""
+    from reltrust.workbench.cli import pending_without_writing
+
+    stage1 = tuning_grid(tasks, entrants, protocol)
+    print(f"bench, {protocol_name} protocol: {len(entrants)} optimizer(s) × {len(tasks)} task(s); lr grid "
+          f"{', '.join(fmt_lr(x) for x in protocol.lrs)} on seed {protocol.tune_seed}, the best lr rerun on seeds "
+          f"{', '.join(map(str, protocol.seeds))}")
+    for line in cost_lines(tasks, entrants, protocol, budgets):
+        print(line)
+    seen = pending_without_writing("bench", out, stage1)
+    if isinstance(seen, int):
+        return seen
+    todo1, records = seen
+    print(f"dry run, nothing submitted: stage 1 (tuning): {len(todo1)} of {len(stage1)} run(s) to do: "
+          f"{executor.describe(todo1)}")
+    for spec in todo1:
+        print(f"  {spec.key}  {spec.label()}")
+    tuned = tuned_lrs(tasks, entrants, protocol, records)
+    stage2 = rerun_grid(tasks, entrants, protocol, tuned)
+    seen2 = pending_without_writing("bench", out, stage2)
+    if isinstance(seen2, int):
+        return seen2
+    todo2 = seen2[0]
+    waiting = len(tasks) * len(entrants) - len(tuned)
+    print(f"stage 2 (rerun): {len(todo2)} run(s) to do for the {len(tuned)} task × optimizer pair(s) tuned so far"
+          + (f"; {waiting} pair(s) get their {len(protocol.seeds)} rerun(s) each once stage 1 has run" if waiting else ""))
+    for spec in todo2:
+        print(f"  {spec.key}  {spec.label()}")
+    return 0
 
 
 def command(args: argparse.Namespace) -> int:
@@ -618,9 +652,17 @@ def command(args: argparse.Namespace) -> int:
     except BenchError as e:
         print(f"reltrust bench: {e}", file=sys.stderr)
         return 2
-    from reltrust.workbench.cli import _held_locks, _lock
+    from reltrust.workbench.cli import _held_locks, _lock, executor_from_args
+    from reltrust.workbench.executors import MissingExtra, WorkersCannotImport
 
     out = Path(args.out or f"runs/bench{'-tiny' if args.tiny else '-quick' if args.quick else ''}")
+    try:
+        executor = executor_from_args(args, out)
+    except MissingExtra as e:
+        print(f"reltrust bench: {e}", file=sys.stderr)
+        return 2
+    if getattr(args, "dry_run", False):
+        return _dry_run(out, tasks, entrants, protocol, protocol_name, budgets, executor)
     out.mkdir(parents=True, exist_ok=True)
     lock = _lock(out)
     if lock is False:
@@ -645,11 +687,17 @@ def command(args: argparse.Namespace) -> int:
                 print(f"stage {stage} ({name}): {len(todo)} run(s) to do", flush=True)
                 if todo:
                     summary = run_sweep(todo, store, workers=args.workers, threads=args.threads, device=device,
-                                        data_dir=args.data_dir, progress=progress)
+                                        data_dir=args.data_dir, progress=progress, executor=executor)
                     print(summary.line(), flush=True)
         except KeyboardInterrupt:
             interrupted = True
             print("interrupted: finished runs are kept; rerun the same command to resume", file=sys.stderr)
+        except WorkersCannotImport as e:  # asked before anything was submitted: nothing ran
+            print(f"reltrust bench: --optimizer: {e}", file=sys.stderr)
+            if lock:
+                _held_locks.remove(lock)
+                lock.close()
+            return 2
         specs = stage1 + stage2()
         records = store.records(specs=specs)
         store.export_csv(out / "results.csv", records)

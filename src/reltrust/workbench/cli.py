@@ -105,10 +105,11 @@ def _make_out(command: str, out: Path) -> int | None:
     return None
 
 
-def _open_store(command: str, out: Path) -> Store | int:
-    """The store in `out`, or the exit status 2 after one line saying why it cannot be used."""
+def _open_store(command: str, out: Path, readonly: bool = False) -> Store | int:
+    """The store in `out`, or the exit status 2 after one line saying why it cannot be used.
+    `readonly`: an existing store opened without writing a file (`Store(readonly=True)`)."""
     try:
-        return Store(out / "results.sqlite")
+        return Store(out / "results.sqlite", readonly=readonly)
     except StoreError as e:
         return _usage_error(command, f"{e}: move it away or pass another --out")
 
@@ -172,7 +173,55 @@ def add_executor_arguments(p: argparse.ArgumentParser) -> None:
                    help="slurm: an extra sbatch option, e.g. --sbatch qos=high --sbatch account=lab (repeatable)")
     p.add_argument("--slurm-cluster", choices=["slurm", "local"], default="slurm",
                    help="slurm: 'local' runs the job arrays as processes here with submitit's local executor (testing)")
-    p.add_argument("--dry-run", action="store_true", help="print what would be submitted, run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would be submitted, run nothing and write nothing (not even --out)")
+
+
+def executor_from_args(args: argparse.Namespace, out: Path):
+    """The executor that `add_executor_arguments`' options name (`executors.make_executor`); raises
+    `executors.MissingExtra` when its engine is not installed."""
+    from reltrust.workbench.executors import make_executor
+
+    return make_executor(getattr(args, "executor", "local") or "local", out=out, workers=getattr(args, "workers", None),
+                         threads=getattr(args, "threads", None), scheduler=getattr(args, "scheduler", None),
+                         partition=getattr(args, "partition", None), time_min=getattr(args, "time_min", 60),
+                         cpus_per_task=getattr(args, "cpus_per_task", 1),
+                         gpus_per_task=getattr(args, "gpus_per_task", 0),
+                         array_parallelism=getattr(args, "array_parallelism", 64),
+                         sbatch=dict(getattr(args, "sbatch", None) or []),
+                         slurm_cluster=getattr(args, "slurm_cluster", "slurm"))
+
+
+_EXECUTOR_DEFAULTS = (("scheduler", "--scheduler", None), ("partition", "--partition", None),
+                      ("time_min", "--time", 60), ("cpus_per_task", "--cpus-per-task", 1),
+                      ("gpus_per_task", "--gpus-per-task", 0), ("array_parallelism", "--array-parallelism", 64),
+                      ("slurm_cluster", "--slurm-cluster", "slurm"))
+
+
+def executor_command_parts(args: argparse.Namespace) -> list[str]:
+    """The executor options given in `args` (those not at their defaults) as command-line words, for a
+    report's command line."""
+    executor = getattr(args, "executor", "local") or "local"
+    parts = [] if executor == "local" else ["--executor", executor]
+    for dest, flag, default in _EXECUTOR_DEFAULTS:
+        value = getattr(args, dest, default)
+        if value is not None and value != default:
+            parts += [flag, str(value)]
+    for key, value in getattr(args, "sbatch", None) or []:
+        parts += ["--sbatch", f"{key}={value}"]
+    return parts
+
+
+def pending_without_writing(command: str, out: Path, specs: list) -> tuple[list, list] | int:
+    """A dry run's view of `out`: (the specs not finished in its store, the stored records of `specs`),
+    read without creating or changing any file (no store yet: every spec pending); or exit status 2."""
+    if not (out / "results.sqlite").exists():
+        return list({s.key: s for s in specs}.values()), []
+    store = _open_store(command, out, readonly=True)
+    if isinstance(store, int):
+        return store
+    with store:
+        return store.pending(specs), store.records(specs=specs)
 
 
 def list_command() -> int:
@@ -196,7 +245,7 @@ def _command_line(args: argparse.Namespace) -> str:
             parts += [f"--{opt.replace('_', '-')}", str(v)]
     if getattr(args, "tiny", False):
         parts.append("--tiny")
-    return " ".join(shlex.quote(p) for p in parts)
+    return " ".join(shlex.quote(p) for p in parts + executor_command_parts(args))
 
 
 def _lock(out: Path):
@@ -253,19 +302,22 @@ def reproduce_command(args: argparse.Namespace) -> int:
         device = str(resolve_device(device))  # auto → cpu or cuda (device_arg checked the rest)
     progress = not getattr(args, "no_progress", False) and sys.stderr.isatty()
     command = _command_line(args)
-    from reltrust.workbench.executors import MissingExtra, make_executor
+    from reltrust.workbench.executors import MissingExtra
 
     try:
-        executor = make_executor(getattr(args, "executor", "local"), out=out, workers=args.workers,
-                                 threads=args.threads, scheduler=getattr(args, "scheduler", None),
-                                 partition=getattr(args, "partition", None), time_min=getattr(args, "time_min", 60),
-                                 cpus_per_task=getattr(args, "cpus_per_task", 1),
-                                 gpus_per_task=getattr(args, "gpus_per_task", 0),
-                                 array_parallelism=getattr(args, "array_parallelism", 64),
-                                 sbatch=dict(getattr(args, "sbatch", None) or []),
-                                 slurm_cluster=getattr(args, "slurm_cluster", "slurm"))
+        executor = executor_from_args(args, out)
     except MissingExtra as e:
         return _usage_error("reproduce", f"argument --executor: {e}")
+    if getattr(args, "dry_run", False):  # reads the store if there is one; creates nothing
+        seen = pending_without_writing("reproduce", out, specs)
+        if isinstance(seen, int):
+            return seen
+        todo = seen[0]
+        print(f"{args.study}: {len(specs)} runs in the grid, {len(specs) - len(todo)} already in {out / 'results.sqlite'}")
+        print(f"dry run, nothing submitted: {executor.describe(todo)}")
+        for spec in todo:
+            print(f"  {spec.key}  {spec.label()}")
+        return 0
     interrupted = None
     failed = _make_out("reproduce", out)
     if failed:
@@ -282,12 +334,6 @@ def reproduce_command(args: argparse.Namespace) -> int:
         todo = store.pending(specs)
         print(f"{args.study}: {len(specs)} runs in the grid, {len(specs) - len(todo)} already in {out / 'results.sqlite'}",
               flush=True)
-        if getattr(args, "dry_run", False):
-            print(f"dry run, nothing submitted: {executor.describe(todo)}")
-            for spec in todo:
-                print(f"  {spec.key}  {spec.label()}")
-            _unlock(lock)
-            return 0
         if not getattr(args, "report_only", False) and todo:
             previous = signal.signal(signal.SIGTERM, _raise_terminated)
             try:

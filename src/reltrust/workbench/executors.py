@@ -21,11 +21,22 @@ id is written to ``<folder>/jobs/<spec key>.json`` before the driver waits on it
 invocation of the same command collects the results of jobs that finished (or are still running)
 instead of resubmitting them. A run whose job file was not yet written when the driver died (the
 instant between sbatch and the write) is submitted again.
+
+A user's optimiser named by an import path (``RunSpec.optimizer = "mymodule:MyOpt"``, as `reltrust
+bench --optimizer` gives it) is imported afresh on the worker: the folder the driver imported its
+top-level module from (`user_module_paths`) travels with each run and is appended to the worker's
+``sys.path``, which is enough wherever the workers see the driver's files (this machine, a shared file
+system). Where the module still cannot be imported, the run is recorded as crashed with one line
+saying so (`not_importable`), and a Dask cluster is asked first (every worker connected when the sweep
+starts), so that the sweep stops with that line before anything is submitted (`WorkersCannotImport`).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,8 +60,75 @@ def _need(module: str, extra: str, flag: str) -> None:
         raise MissingExtra(f"{flag} needs {module}: pip install 'reltrust[{extra}]'")
 
 
-def run_one(spec: RunSpec, device: str, data_dir: str | None, threads: int | None) -> RunRecord:
-    """`runner.execute` on a remote worker, with its torch thread count set first."""
+class WorkersCannotImport(RuntimeError):
+    """A user's optimiser module cannot be imported on the workers: one line saying which and where."""
+
+
+def _user_module(spec: RunSpec) -> str | None:
+    """The module of an import-path optimiser ("pkg.mod:Class" → "pkg.mod"), None for a registry name."""
+    return spec.optimizer.partition(":")[0] if ":" in spec.optimizer else None
+
+
+def _library_dirs() -> set[str]:
+    import site
+    import sysconfig
+
+    dirs = {*site.getsitepackages(), site.getusersitepackages(), *sysconfig.get_paths().values()}
+    return {os.path.realpath(d) for d in dirs if d}
+
+
+def user_module_paths(specs: Sequence[RunSpec]) -> tuple[str, ...]:
+    """The folders (absolute, in first-seen order) from which this process imports the top-level
+    packages of the specs' import-path optimisers, leaving out the interpreter's own library folders
+    (an installed package must be installed on the workers too); sent with every run to a worker."""
+    out: list[str] = []
+    libs = _library_dirs()
+    for top in dict.fromkeys(m.split(".")[0] for m in map(_user_module, specs) if m):
+        try:
+            found = importlib.util.find_spec(top)
+        except (ImportError, ValueError):  # a module with no spec (made in memory): nothing to send
+            continue
+        if found is None:
+            continue
+        if found.submodule_search_locations:  # a package: the folder above it
+            where = [os.path.dirname(os.path.abspath(d)) for d in found.submodule_search_locations]
+        elif found.origin and os.path.isfile(found.origin):
+            where = [os.path.dirname(os.path.abspath(found.origin))]
+        else:
+            continue
+        out += [d for d in where if os.path.realpath(d) not in libs and d not in out]
+    return tuple(out)
+
+
+def not_importable(module: str | None, paths: Sequence[str]) -> str | None:
+    """On a worker: `paths` appended to ``sys.path``, then None when the optimiser module `module`
+    imports here (or is None: a registry name), else one line saying it must be importable on the workers."""
+    for d in paths:
+        if d not in sys.path and os.path.isdir(d):
+            sys.path.append(d)
+    if module is None:
+        return None
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
+            return None  # the module itself is there; what it imports is missing: the run's traceback says so
+        return (f"optimizer module {module!r} is not importable on the worker {socket.gethostname()} "
+                f"(ModuleNotFoundError: {e}); a user's optimiser must be importable on the workers: install it "
+                f"there, or keep its folder where they see it (sent with each run and appended to sys.path: "
+                f"{', '.join(paths) or 'none, the driver imports it from no file'})")
+    except Exception:  # noqa: BLE001 - the module's own error: `execute` records it with its traceback
+        return None
+    return None
+
+
+def run_one(spec: RunSpec, device: str, data_dir: str | None, threads: int | None,
+            paths: Sequence[str] = ()) -> RunRecord:
+    """`runner.execute` on a remote worker, with its torch thread count set and `paths` (the folders of
+    a user's optimiser module, `user_module_paths`) appended to ``sys.path`` first."""
+    why = not_importable(_user_module(spec), paths)
+    if why is not None:  # said before torch is imported: a job that cannot run ends in a second
+        return _crash(spec, device, why)
     import torch
 
     from reltrust.workbench.runner import execute
@@ -58,6 +136,15 @@ def run_one(spec: RunSpec, device: str, data_dir: str | None, threads: int | Non
     if threads:
         torch.set_num_threads(int(threads))
     return execute(spec, device, data_dir, False)
+
+
+def _check_worker(modules: Sequence[str], paths: Sequence[str]) -> str | None:
+    """Run on every Dask worker before the sweep: the first module that does not import, as one line."""
+    for m in modules:
+        why = not_importable(m, paths)
+        if why is not None:
+            return why
+    return None
 
 
 def _crash(spec: RunSpec, device: str, why: str) -> RunRecord:
@@ -88,7 +175,7 @@ class DaskExecutor:
 
     def describe(self, todo: Sequence[RunSpec]) -> str:
         where = self.scheduler or f"a LocalCluster of {self.workers or os.cpu_count() or 1} worker process(es) × 1 thread"
-        return f"dask: {len(todo)} task(s) submitted to {where}"
+        return f"dask: {len(todo)} task(s) submitted to {where}" + _paths_note(todo)
 
     def run(self, todo: list[RunSpec], take: Callable[[RunRecord], None], device: str, data_dir: str | None) -> None:
         from distributed import Client, LocalCluster, as_completed
@@ -100,7 +187,13 @@ class DaskExecutor:
                                    dashboard_address=None, silence_logs=40)
         client = Client(self.scheduler or cluster)
         try:
-            futures = {client.submit(run_one, spec, device, data_dir, self.threads or 1,
+            paths = user_module_paths(todo)
+            modules = sorted({m for m in map(_user_module, todo) if m})
+            if modules:  # ask the workers there now, before anything is submitted
+                for worker, why in sorted(client.run(_check_worker, modules, paths).items()):
+                    if why is not None:
+                        raise WorkersCannotImport(f"dask worker {worker}: {why}")
+            futures = {client.submit(run_one, spec, device, data_dir, self.threads or 1, paths,
                                      key=f"reltrust-run-{spec.key}", pure=False): spec for spec in todo}
             for fut in as_completed(futures):
                 spec = futures[fut]
@@ -149,7 +242,8 @@ class SlurmExecutor:
     def describe(self, todo: Sequence[RunSpec]) -> str:
         waiting = sum((self.folder / "jobs" / f"{s.key}.json").exists() for s in todo)
         return (f"slurm ({self.cluster}): {waiting} run(s) already submitted (collected, not resubmitted), "
-                f"{len(todo) - waiting} submitted as one job array into {self.folder} with {self.parameters()}")
+                f"{len(todo) - waiting} submitted as one job array into {self.folder} with {self.parameters()}"
+                + _paths_note(todo))
 
     def _executor(self):
         import submitit
@@ -201,7 +295,9 @@ class SlurmExecutor:
         if fresh:
             ex = self._executor()
             n = len(fresh)
-            jobs = ex.map_array(run_one, fresh, [device] * n, [data_dir] * n, [self.threads or self.cpus_per_task] * n)
+            paths = user_module_paths(fresh)
+            jobs = ex.map_array(run_one, fresh, [device] * n, [data_dir] * n, [self.threads or self.cpus_per_task] * n,
+                                [paths] * n)
             for spec, job in zip(fresh, jobs):
                 info = {"job_id": str(job.job_id), "folder": str(job.paths.folder), "cluster": self.cluster,
                         "spec": spec.key}
@@ -232,6 +328,11 @@ class SlurmExecutor:
         if outcome == "success":
             return result
         return _crash(spec, device, f"slurm job {job.job_id} failed outside the run:\n{result}")
+
+
+def _paths_note(todo: Sequence[RunSpec]) -> str:
+    paths = user_module_paths(todo)
+    return f"; sys.path entries sent with each run for the optimiser modules: {', '.join(paths)}" if paths else ""
 
 
 def _zombie(pid: int) -> bool:

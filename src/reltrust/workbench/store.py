@@ -191,20 +191,29 @@ Record = RunRecord  # what the store reads back is the record type the runner wr
 
 
 class Store:
-    """A results store in the SQLite file `path` (created, with its folder, if missing).
+    """A results store in the SQLite file `path` (created, with its folder, if missing); with
+    ``readonly=True`` an existing one opened for reading only, creating no file (a dry run's view).
 
     Raises `StoreError` (one line naming the file and what is wrong with it) when `path` exists but is
     not a results store: not an SQLite database, empty, damaged or truncated, or other tables."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if readonly and not self.path.exists():
+            raise StoreError(f"{self.path} does not exist (a read-only store is never created)")
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             _create(self.path)
         why = _problem(self.path)
         if why is not None:
             raise StoreError(f"{self.path} is not a reltrust results store ({why})")
-        self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        if readonly:  # writes nothing, not even a -wal/-shm (immutable) unless a writer left them (ro reads them)
+            wal = Path(f"{self.path}-wal").exists()
+            uri = f"{self.path.resolve().as_uri()}?{'mode=ro' if wal else 'immutable=1'}"
+            self._db = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+        else:
+            self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
         try:
             found = _tables(self._db)  # read before any pragma, which would write to a file that is no store
         except sqlite3.DatabaseError as e:
@@ -215,6 +224,8 @@ class Store:
             self._db.close()
             raise StoreError(f"{self.path} is not a reltrust results store "
                              f"({_schema_difference(found, expected)})")
+        if readonly:
+            return
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
