@@ -171,7 +171,9 @@ def test_tail_rules():
     assert practice.last_doubling([4.0, 2.0, 1.0, 0.8, 0.5]) == pytest.approx((0.5, 0.5))
     assert practice.classify_tail(0.3, 0.3, 1.0, 1.0) == "still converging"
     assert practice.classify_tail(0.0, 0.2, 1.0, 1.0) == "noise floor"
-    assert practice.classify_tail(0.005, 0.006, 1.5, 1.0) == "stopped short"
+    assert practice.classify_tail(0.005, 0.006, 1.5, 1.0) == "stopped short"  # gap 1/3, fell 0.5 %
+    assert practice.classify_tail(0.02, 0.02, 1.5, 1.0) == "stopped short"  # still falling, but far too slowly
+    assert practice.classify_tail(0.2, 0.2, 1.5, 1.0) == "still converging"  # falling fast enough to close the gap
     assert practice.classify_tail(0.005, 0.006, 1.01, 1.0) == "converged"
     assert practice.variance_class(0.05) == "collapses" and practice.variance_class(20) == "blows up"
     assert practice.variance_class(0.5) == "kept"
