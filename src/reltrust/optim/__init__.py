@@ -9,6 +9,7 @@ from reltrust.optim.lars import LARS, lars_update
 from reltrust.optim.muon import MuonAdamW
 from reltrust.optim.nero import Nero, nero_update
 from reltrust.optim.radam import RAdamSkip, radam_skip_update
+from reltrust.optim.textbook import SGDW, AdamNoBiasCorrection
 from reltrust.optim.registry import available, create, get, param_groups, register
 from reltrust.optim._ratio import norms, trust_ratio
 
@@ -18,9 +19,11 @@ register("lamb", LAMB)
 register("nero", Nero)
 register("muon", MuonAdamW)
 register("radam_skip", RAdamSkip)
+register("adam_nobc", AdamNoBiasCorrection)  # the practice study's ablations
+register("sgdw", SGDW)
 
 __all__ = [
-    "Fromage", "LARS", "LAMB", "Nero", "MuonAdamW", "RAdamSkip",
+    "Fromage", "LARS", "LAMB", "Nero", "MuonAdamW", "RAdamSkip", "AdamNoBiasCorrection", "SGDW",
     "fromage_update", "lars_update", "lamb_update", "nero_update", "radam_skip_update",
     "norms", "trust_ratio",
     "available", "create", "get", "param_groups", "register",

@@ -21,6 +21,7 @@ STUDIES = {
     "warmup": "reltrust.workbench.studies.warmup",
     "large-batch": "reltrust.workbench.studies.large_batch",
     "norms": "reltrust.workbench.studies.norms",
+    "practice": "reltrust.workbench.studies.practice",
 }
 
 

@@ -171,11 +171,13 @@ class ShuffledTask(Task):
 
 # ------------------------------------------------------------------------------------------ data
 @functools.lru_cache(maxsize=8)
-def load_cached(name: str, data_dir: str | None, val_fraction: float, split_seed: int, normalize: str = "standardize"):
+def load_cached(name: str, data_dir: str | None, val_fraction: float, split_seed: int, normalize: str = "standardize",
+                test_fraction: float = 0.0):
     """`reltrust.workbench.data.load_dataset`, loaded once per process for the same arguments."""
     from reltrust.workbench.data import load_dataset
 
-    return load_dataset(name, data_dir=data_dir, val_fraction=val_fraction, seed=split_seed, normalize=normalize)
+    return load_dataset(name, data_dir=data_dir, val_fraction=val_fraction, seed=split_seed, normalize=normalize,
+                        test_fraction=test_fraction)
 
 
 def on_device(tensors: Sequence[torch.Tensor | None], device: torch.device) -> tuple[torch.Tensor | None, ...]:

@@ -9,6 +9,17 @@
 - Probe ``{"name": "perturbation", "at_epochs": [...], "etas": [...], "batch": n}``:
   `reltrust.trust.perturbation_probe` on a fixed set of `n` training examples (drawn with
   `spec.split_seed`), on a copy of the model: the run itself is not disturbed.
+- Probe ``{"name": "grad_variance", "batch_sizes": [...], "draws": k}``: E‖g_B − g‖² at the model's
+  current point, measured over `k` minibatches per batch size and exactly
+  (`reltrust.workbench.measures.gradient_variance`; draws seeded with `spec.seed`).
+- Probe ``{"name": "activations", "batch": n}``: the variance of every Linear layer's output on the
+  fixed `n` training examples (`reltrust.workbench.measures.activation_variances`).
+- task_kwargs: ``test_fraction`` (0): carve a fixed-seed test split from a data set without one (see
+  `reltrust.workbench.data.load_dataset`); ``train_subset`` (0 = all): train on only the first `k`
+  examples of a permutation of the training split drawn with `spec.split_seed` (the same subset for
+  every training seed; validation and test splits unchanged); ``eval_every`` (0 = a pass): one
+  "epoch" of the loop is `eval_every` minibatches of a running sequence of reshuffled passes, so that
+  the metrics are evaluated every `eval_every` optimiser steps.
 """
 from __future__ import annotations
 
@@ -53,10 +64,19 @@ class ClassifyTask(ShuffledTask):
     DATA_KINDS = ("image", "vector")
     METRICS = ("loss", "acc")
     RUNNING = ("loss", "acc")
+    TASK_KWARGS = {"test_fraction": 0.0, "train_subset": 0, "eval_every": 0}
 
     def __init__(self, spec, *, device, data_dir=None):
         super().__init__(spec, device=device, data_dir=data_dir)
-        self.data = self._check_data(load_cached(spec.dataset, data_dir, spec.val_fraction, spec.split_seed))
+        o = self.options
+        tf = o["test_fraction"]
+        if isinstance(tf, bool) or not isinstance(tf, (int, float)) or not 0.0 <= tf < 1.0:
+            raise TaskError(f"RunSpec.task_kwargs.test_fraction must be a number in [0, 1), got {tf!r}")
+        for name in ("train_subset", "eval_every"):
+            if isinstance(o[name], bool) or not isinstance(o[name], int) or o[name] < 0:
+                raise TaskError(f"RunSpec.task_kwargs.{name} must be an int >= 0 (0: off), got {o[name]!r}")
+        self.data = self._check_data(load_cached(spec.dataset, data_dir, spec.val_fraction, spec.split_seed,
+                                                 test_fraction=float(tf)))
         self.splits = {
             "train": _as_tensors(self.data.x_train, self.data.y_train, device),
             "val": _as_tensors(self.data.x_val, self.data.y_val, device),
@@ -64,8 +84,33 @@ class ClassifyTask(ShuffledTask):
         }
         if self.splits["train"] is None:
             raise TaskError(f"RunSpec.dataset: {spec.dataset!r} has an empty training set")
+        k = o["train_subset"]
+        if k:
+            n_all = len(self.splits["train"][1])
+            if k > n_all:
+                raise TaskError(f"RunSpec.task_kwargs.train_subset must be in [0, {n_all}] (the training split), got {k}")
+            keep = torch.randperm(n_all, generator=torch.Generator().manual_seed(spec.split_seed))[:k].to(device)
+            self.splits["train"] = tuple(t[keep] for t in self.splits["train"])
         self.n = len(self.splits["train"][1])
         self._probe_batch = None
+        self._every = o["eval_every"]
+        self._stream: tuple[torch.Tensor, int] | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self._every or super().steps_per_epoch
+
+    def epoch(self, generator: torch.Generator):
+        if not self._every:
+            yield from super().epoch(generator)
+            return
+        bs = self.spec.batch_size
+        for _ in range(self._every):
+            if self._stream is None or self._stream[1] >= self.n:
+                self._stream = (torch.randperm(self.n, generator=generator).to(self.device), 0)
+            perm, pos = self._stream
+            self._stream = (perm, pos + bs)
+            yield perm[pos : pos + bs]
 
     def build(self) -> dict[str, nn.Module]:
         from reltrust.workbench.models import build_model
@@ -105,8 +150,22 @@ class ClassifyTask(ShuffledTask):
 
     def probe(self, model: nn.Module, probe: Mapping[str, Any]) -> dict[str, Any]:
         name = probe.get("name", "perturbation")
+        if name == "grad_variance":
+            from reltrust.workbench.measures import gradient_variance
+
+            x, y = self.splits["train"]
+            gen = torch.Generator().manual_seed(self.spec.seed)
+            return gradient_variance(model, nn.functional.cross_entropy, x, y, probe["batch_sizes"],
+                                     int(probe.get("draws", 100)), gen)
+        if name == "activations":
+            from reltrust.workbench.measures import activation_variances
+
+            x, _ = self.splits["train"]
+            pn = min(int(probe.get("batch", self.n)), self.n)
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.spec.split_seed))[:pn]
+            return activation_variances(model, x[order.to(self.device)])
         if name != "perturbation":
-            raise TaskError(f"RunSpec.probe: unknown probe {name!r}; known: perturbation")
+            raise TaskError(f"RunSpec.probe: unknown probe {name!r}; known: perturbation, grad_variance, activations")
         from reltrust.trust import perturbation_probe
 
         if self._probe_batch is None:
