@@ -9,9 +9,18 @@
 - Probe ``{"name": "perturbation", "at_epochs": [...], "etas": [...], "batch": n}``:
   `reltrust.trust.perturbation_probe` on a fixed set of `n` training examples (drawn with
   `spec.split_seed`), on a copy of the model: the run itself is not disturbed.
+- Optional (task_kwargs; off by default, so specs without it run as before): ``monitor_every`` (int
+  k > 0): a `reltrust.trust.TrustMonitor` on the optimiser (its ≥ 2-d parameters, biases excluded;
+  exact σ₁, ``update_spectral=True``) measuring at step 1 and every k-th step. `info()` then holds
+  ``trust``: ``layers``, ``shapes``, ``every``, ``spectral_steps``, and per layer the median over
+  those steps of the relative Frobenius change ‖ΔW‖_F/‖W‖_F (``relative_update``) and of the
+  relative spectral change ‖ΔW‖₂/‖W‖₂ (``relative_spectral_update``); the median over every step of
+  the deep relative trust Π_l(1+‖ΔW_l‖_F/‖W_l‖_F) − 1 (``deep_relative_trust``) and its value at
+  the spectral steps (``deep_relative_trust_trace``). Medians skip NaN; a non-finite one is null.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,6 +62,7 @@ class ClassifyTask(ShuffledTask):
     DATA_KINDS = ("image", "vector")
     METRICS = ("loss", "acc")
     RUNNING = ("loss", "acc")
+    TASK_KWARGS = {"monitor_every": 0}
 
     def __init__(self, spec, *, device, data_dir=None):
         super().__init__(spec, device=device, data_dir=data_dir)
@@ -66,6 +76,10 @@ class ClassifyTask(ShuffledTask):
             raise TaskError(f"RunSpec.dataset: {spec.dataset!r} has an empty training set")
         self.n = len(self.splits["train"][1])
         self._probe_batch = None
+        k = self.options["monitor_every"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise TaskError(f"RunSpec.task_kwargs.monitor_every must be an int >= 0 (0: off), got {k!r}")
+        self._monitor = None
 
     def build(self) -> dict[str, nn.Module]:
         from reltrust.workbench.models import build_model
@@ -74,6 +88,11 @@ class ClassifyTask(ShuffledTask):
 
     def train_step(self, models, optimizers, batch: torch.Tensor, shard: Shard | None) -> Step:
         model, optimizer = models["model"], optimizers["model"]
+        if self._monitor is None and self.options["monitor_every"]:
+            from reltrust.trust import TrustMonitor
+
+            self._monitor = TrustMonitor(optimizer, model, every=self.options["monitor_every"], spectral="exact",
+                                         update_spectral=True)
         x, y = self.splits["train"]
         bs = len(batch)
         optimizer.zero_grad(set_to_none=True)
@@ -121,7 +140,30 @@ class ClassifyTask(ShuffledTask):
                                     [float(e) for e in probe["etas"]], **kwargs)
         return result.to_dict()
 
+    def trust_summary(self) -> dict[str, Any]:
+        """The monitor's geometry of a step, aggregated over training (see the module doc); {} without one."""
+        m = self._monitor
+        if m is None:
+            return {}
+        m.detach()
+        at = [s - 1 for s in m.spectral_steps]  # rows of the per-step trace at the spectral steps
+        drt = m.deep_relative_trust()
+
+        def med(x: torch.Tensor) -> list:
+            x = x if x.numel() else torch.full((1, x.shape[-1]), float("nan"), dtype=torch.float64)
+            return [v if math.isfinite(v) else None for v in torch.nanmedian(x, dim=0).values.tolist()]
+
+        def clean(xs: list) -> list:
+            return [v if math.isfinite(v) else None for v in xs]
+
+        return {"layers": list(m.layers), "shapes": [list(s) for s in m.shapes], "every": m.every,
+                "spectral_steps": m.spectral_steps, "steps": len(m),
+                "relative_update": med(m.relative_update[at]),
+                "relative_spectral_update": med(m.relative_spectral_update),
+                "deep_relative_trust": med(drt[:, None])[0], "deep_relative_trust_trace": clean(drt[at].tolist())}
+
     def info(self) -> dict[str, Any]:
         val = self.splits["val"]
         return {"data_source": getattr(self.data, "source", None), "num_classes": getattr(self.data, "num_classes", None),
-                "n_train": self.n, "n_val": 0 if val is None else len(val[1])}
+                "n_train": self.n, "n_val": 0 if val is None else len(val[1]),
+                **({"trust": self.trust_summary()} if self._monitor is not None else {})}
