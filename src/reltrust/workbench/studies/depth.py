@@ -42,6 +42,15 @@ OPTIMIZERS: dict[str, tuple[dict, tuple[float, ...]]] = {
     "sgd": ({"momentum": 0.9}, (1.0, 0.1, 0.01)),
     "adam": ({}, (1e-2, 1e-3, 1e-4)),
 }
+# Fromage's descendants, for `reltrust reproduce depth --optimizers NAME,...` (registry name → kwargs, lr
+# grid). fromage_budget: the depth-aware Fromage, lr = τ, the deep relative trust of every step.
+DESCENDANTS: dict[str, tuple[dict, tuple[float, ...]]] = {
+    "fromage_budget": ({}, (1.0, 0.3, 0.1)),
+    "nero": ({}, (0.01, 0.003, 0.001)),
+    "muon": ({}, (0.1, 0.05, 0.02)),
+    "lamb": ({}, (0.01, 0.003, 0.001)),
+}
+ALLOWED = {**OPTIMIZERS, **DESCENDANTS}
 INITS = ("default", "kaiming")
 # "Trains": best-over-lr final train accuracy at least this (stated in the report; the full table is
 # there for any other threshold).
@@ -65,24 +74,43 @@ CONFIGS = {
 }
 
 
-def build_grid(config: Config, seeds: Sequence[int]) -> list[RunSpec]:
-    """Initialisations × depths × optimisers × their lr grid × seeds."""
+def parse_optimizers(text: str) -> tuple[str, ...]:
+    """``"fromage,adam,nero"`` → the names, in that order; a one-line error for an unknown, repeated or
+    missing name."""
+    names = [n.strip().lower() for n in str(text).split(",")]
+    if not all(names):
+        raise ValueError(f"a comma-separated list of optimiser names is expected, got {text!r}; allowed: {', '.join(ALLOWED)}")
+    for n in names:
+        if n not in ALLOWED:
+            raise ValueError(f"unknown optimizer {n!r}; allowed: {', '.join(ALLOWED)}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} given twice; each optimizer once, from: {', '.join(ALLOWED)}")
+    return tuple(names)
+
+
+def build_grid(config: Config, seeds: Sequence[int], optimizers: Sequence[str] | None = None) -> list[RunSpec]:
+    """Initialisations × depths × optimisers (default: the paper's three, `OPTIMIZERS`; any of
+    `ALLOWED`) × their lr grid × seeds."""
+    chosen = {name: ALLOWED[name] for name in (OPTIMIZERS if optimizers is None else optimizers)}
     base = RunSpec(study=NAME, dataset=config.dataset, model="mlp", optimizer="fromage", lr=0.01,
                    epochs=config.epochs, batch_size=config.batch_size, schedule="exponential",
                    schedule_kwargs={"gamma": 0.95},
                    model_kwargs={"width": config.width, "activation": "relu"})
     return sweep(base, models=[{"depth": d, "init": init} for init in INITS for d in config.depths],
-                 optimizers={name: okw for name, (okw, _) in OPTIMIZERS.items()},
-                 lrs={name: lrs for name, (_, lrs) in OPTIMIZERS.items()}, seeds=seeds)
+                 optimizers={name: okw for name, (okw, _) in chosen.items()},
+                 lrs={name: lrs for name, (_, lrs) in chosen.items()}, seeds=seeds)
 
 
-def grid(quick: bool = False, *, seeds: Sequence[int] | None = None, tiny: bool = False) -> list[RunSpec]:
+def grid(quick: bool = False, *, seeds: Sequence[int] | None = None, tiny: bool = False,
+         optimizers: Sequence[str] | None = None) -> list[RunSpec]:
     """The study's runs: depths × initialisations × optimisers × their lr grid × seeds.
 
     `quick`: the scaled-down grid for a laptop (minutes); otherwise the full study (hours; resumable).
-    `tiny`: a seconds-long grid (width 16, 2 epochs) for tests. `seeds` overrides the seeds.
+    `tiny`: a seconds-long grid (width 16, 2 epochs) for tests. `seeds` overrides the seeds;
+    `optimizers` the paper's three (names from `ALLOWED`).
     """
-    return STUDY.grid(quick, seeds=seeds, tiny=tiny)
+    return STUDY.grid(quick, seeds=seeds, tiny=tiny, **({} if optimizers is None else {"optimizers": optimizers}))
 
 
 def csv_columns() -> dict:
@@ -130,12 +158,16 @@ def _lr_text(row: dict) -> str:
 
 
 def _opt_order(name: str) -> int:
-    names = list(OPTIMIZERS)
+    names = list(ALLOWED)
     return names.index(name) if name in names else len(names)
 
 
 def _label(opt: str) -> str:
-    return {"sgd": "SGD", "adam": "Adam", "fromage": "Fromage"}.get(opt, opt)
+    return LABELS.get(opt, opt)
+
+
+LABELS = {"sgd": "SGD", "adam": "Adam", "fromage": "Fromage", "fromage_budget": "Fromage-τ", "nero": "Nero",
+          "muon": "Muon", "lamb": "LAMB"}
 
 
 def _cell(row: dict | None) -> str:
@@ -372,6 +404,7 @@ STUDY = Study(
     name=NAME, title=TITLE,
     description="how deep a plain MLP each optimiser trains (Fromage vs SGD vs Adam; Fig. 4)",
     configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=2,
+    options={"optimizers": parse_optimizers},
 )
 
-__all__ = ["STUDY", "build_grid", "NAME", "OPTIMIZERS", "INITS", "CONFIGS", "grid", "analyse", "summarise", "findings", "claim_check"]
+__all__ = ["STUDY", "build_grid", "NAME", "OPTIMIZERS", "DESCENDANTS", "ALLOWED", "parse_optimizers", "INITS", "CONFIGS", "grid", "analyse", "summarise", "findings", "claim_check"]
