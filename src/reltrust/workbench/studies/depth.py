@@ -50,7 +50,8 @@ DESCENDANTS: dict[str, tuple[dict, tuple[float, ...]]] = {
     "muon": ({}, (0.1, 0.05, 0.02)),
     "lamb": ({}, (0.01, 0.003, 0.001)),
 }
-ALLOWED = {**OPTIMIZERS, **DESCENDANTS}
+# (in the order of the reports' tables: Fromage and its descendants, then SGD and Adam)
+ALLOWED = {"fromage": OPTIMIZERS["fromage"], **DESCENDANTS, "sgd": OPTIMIZERS["sgd"], "adam": OPTIMIZERS["adam"]}
 INITS = ("default", "kaiming")
 # "Trains": best-over-lr final train accuracy at least this (stated in the report; the full table is
 # there for any other threshold).
@@ -74,6 +75,19 @@ CONFIGS = {
 }
 
 
+def base_spec(config: Config, study: str = NAME) -> RunSpec:
+    """What every run of the grid shares: the data, the plain ReLU MLP's width, the budget, ×0.95 per epoch."""
+    return RunSpec(study=study, dataset=config.dataset, model="mlp", optimizer="fromage", lr=0.01,
+                   epochs=config.epochs, batch_size=config.batch_size, schedule="exponential",
+                   schedule_kwargs={"gamma": 0.95},
+                   model_kwargs={"width": config.width, "activation": "relu"})
+
+
+def model_variants(config: Config) -> list[dict]:
+    """The model_kwargs updates of the grid: initialisations × depths."""
+    return [{"depth": d, "init": init} for init in INITS for d in config.depths]
+
+
 def parse_optimizers(text: str) -> tuple[str, ...]:
     """``"fromage,adam,nero"`` → the names, in that order; a one-line error for an unknown, repeated or
     missing name."""
@@ -93,11 +107,7 @@ def build_grid(config: Config, seeds: Sequence[int], optimizers: Sequence[str] |
     """Initialisations × depths × optimisers (default: the paper's three, `OPTIMIZERS`; any of
     `ALLOWED`) × their lr grid × seeds."""
     chosen = {name: ALLOWED[name] for name in (OPTIMIZERS if optimizers is None else optimizers)}
-    base = RunSpec(study=NAME, dataset=config.dataset, model="mlp", optimizer="fromage", lr=0.01,
-                   epochs=config.epochs, batch_size=config.batch_size, schedule="exponential",
-                   schedule_kwargs={"gamma": 0.95},
-                   model_kwargs={"width": config.width, "activation": "relu"})
-    return sweep(base, models=[{"depth": d, "init": init} for init in INITS for d in config.depths],
+    return sweep(base_spec(config), models=model_variants(config),
                  optimizers={name: okw for name, (okw, _) in chosen.items()},
                  lrs={name: lrs for name, (_, lrs) in chosen.items()}, seeds=seeds)
 
@@ -252,7 +262,7 @@ def claim_check(rows: Sequence[dict]) -> list[tuple[str, str, str]]:
     return out
 
 
-def _write_summary_csv(rows: Sequence[dict], path: Path) -> Path:
+def write_summary_csv(rows: Sequence[dict], path: Path) -> Path:
     buf = io.StringIO()
     cols = ["init", "depth", "optimizer", "best_lr", "train_acc", "train_acc_min", "train_acc_max", "seeds",
             "runs", "diverged", "crashed"]
@@ -272,7 +282,7 @@ def analyse(store: Store, out_dir: str | Path, specs: Sequence[RunSpec] | None =
     records = load_records(store, NAME, specs)
     rows = summarise(records)
     chance = chance_level(records)
-    _write_summary_csv(rows, out_dir / "depth_summary.csv")
+    write_summary_csv(rows, out_dir / "depth_summary.csv")
 
     rep = Report(TITLE)
     rep.para(
@@ -281,7 +291,7 @@ def analyse(store: Store, out_dir: str | Path, specs: Sequence[RunSpec] | None =
         "exactly what ran. Metric: final train accuracy (eval mode, whole training split, after the last "
         "epoch), best over each optimiser's three learning rates (mean over seeds at the best lr)."
     )
-    _paper_vs_here(rep, list(specs) if specs is not None else [r.spec for r in records], records)
+    paper_vs_here(rep, list(specs) if specs is not None else [r.spec for r in records], records)
     rep.heading("Findings")
     if not rows:
         rep.para("No runs are recorded yet: nothing to report.")
@@ -295,26 +305,31 @@ def analyse(store: Store, out_dir: str | Path, specs: Sequence[RunSpec] | None =
 
     figures = []
     if rows:
-        figures = _figures(records, rows, chance, out_dir)
+        figures = accuracy_figures(records, rows, chance, out_dir)
     for path, caption in figures:
         rep.figure(path, caption, relative_to=out_dir)
 
     if rows:
-        rep.heading("Table: best final train accuracy (best lr) by depth")
-        opts = sorted({r["optimizer"] for r in rows}, key=_opt_order)
-        by = {(r["init"], r["depth"], r["optimizer"]): r for r in rows}
-        for init in sorted({r["init"] for r in rows}, key=lambda i: INITS.index(i) if i in INITS else 9):
-            rep.para(f"**{init} init**")
-            depths = sorted({r["depth"] for r in rows if r["init"] == init})
-            rep.table(["depth"] + [_label(o) for o in opts],
-                      [[d] + [_cell(by.get((init, d, o))) for o in opts] for d in depths])
+        accuracy_tables(rep, rows)
         rep.para("Every run (all learning rates, seeds) is in `results.csv`; the per-point summary in "
                  "`depth_summary.csv`; per-epoch histories in `results.json` and `results.sqlite`.")
 
     return finish_report(rep, out_dir, specs, records, command)
 
 
-def _paper_vs_here(rep: Report, specs: Sequence[RunSpec], records: Sequence[Record]) -> None:
+def accuracy_tables(rep: Report, rows: Sequence[dict]) -> None:
+    """One table per initialisation: depth × optimiser, the best lr's final train accuracy."""
+    rep.heading("Table: best final train accuracy (best lr) by depth")
+    opts = sorted({r["optimizer"] for r in rows}, key=_opt_order)
+    by = {(r["init"], r["depth"], r["optimizer"]): r for r in rows}
+    for init in sorted({r["init"] for r in rows}, key=lambda i: INITS.index(i) if i in INITS else 9):
+        rep.para(f"**{init} init**")
+        depths = sorted({r["depth"] for r in rows if r["init"] == init})
+        rep.table(["depth"] + [_label(o) for o in opts],
+                  [[d] + [_cell(by.get((init, d, o))) for o in opts] for d in depths])
+
+
+def paper_vs_here(rep: Report, specs: Sequence[RunSpec], records: Sequence[Record]) -> None:
     """What the paper ran beside what this grid runs (values read from the specs and the runs)."""
     if not specs:
         return
@@ -345,7 +360,7 @@ def _paper_vs_here(rep: Report, specs: Sequence[RunSpec], records: Sequence[Reco
     ])
 
 
-def _figures(records, rows, chance, out_dir: Path) -> list[tuple[Path, str]]:
+def accuracy_figures(records, rows, chance, out_dir: Path) -> list[tuple[Path, str]]:
     figs = []
     inits = sorted({r["init"] for r in rows}, key=lambda i: INITS.index(i) if i in INITS else 9)
     opts = sorted({r["optimizer"] for r in rows}, key=_opt_order)

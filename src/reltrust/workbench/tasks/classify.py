@@ -15,8 +15,11 @@
   ``trust``: ``layers``, ``shapes``, ``every``, ``spectral_steps``, and per layer the median over
   those steps of the relative Frobenius change ‖ΔW‖_F/‖W‖_F (``relative_update``) and of the
   relative spectral change ‖ΔW‖₂/‖W‖₂ (``relative_spectral_update``); the median over every step of
-  the deep relative trust Π_l(1+‖ΔW_l‖_F/‖W_l‖_F) − 1 (``deep_relative_trust``) and its value at
-  the spectral steps (``deep_relative_trust_trace``). Medians skip NaN; a non-finite one is null.
+  the deep relative trust Π_l(1+‖ΔW_l‖_F/‖W_l‖_F) − 1 (``deep_relative_trust``), its value at the
+  spectral steps (``deep_relative_trust_trace``) and, per layer l, the median over every step of the
+  deep relative trust of the layers up to l (``deep_relative_trust_by_layer``; its last entry is
+  ``deep_relative_trust``). Layers in the model's order (input first, head last). Medians skip NaN; a
+  non-finite one is null.
 """
 from __future__ import annotations
 
@@ -93,6 +96,9 @@ class ClassifyTask(ShuffledTask):
 
             self._monitor = TrustMonitor(optimizer, model, every=self.options["monitor_every"], spectral="exact",
                                          update_spectral=True)
+            names = [n for n, _ in model.named_parameters()]
+            self._monitor_order = sorted(range(len(self._monitor.layers)),
+                                         key=lambda j: names.index(self._monitor.layers[j]))
         x, y = self.splits["train"]
         bs = len(batch)
         optimizer.zero_grad(set_to_none=True)
@@ -147,7 +153,9 @@ class ClassifyTask(ShuffledTask):
             return {}
         m.detach()
         at = [s - 1 for s in m.spectral_steps]  # rows of the per-step trace at the spectral steps
+        order = self._monitor_order
         drt = m.deep_relative_trust()
+        by_layer = torch.cumprod(1.0 + m.relative_update[:, order], dim=1) - 1.0
 
         def med(x: torch.Tensor) -> list:
             x = x if x.numel() else torch.full((1, x.shape[-1]), float("nan"), dtype=torch.float64)
@@ -156,11 +164,12 @@ class ClassifyTask(ShuffledTask):
         def clean(xs: list) -> list:
             return [v if math.isfinite(v) else None for v in xs]
 
-        return {"layers": list(m.layers), "shapes": [list(s) for s in m.shapes], "every": m.every,
+        return {"layers": [m.layers[j] for j in order], "shapes": [list(m.shapes[j]) for j in order], "every": m.every,
                 "spectral_steps": m.spectral_steps, "steps": len(m),
-                "relative_update": med(m.relative_update[at]),
-                "relative_spectral_update": med(m.relative_spectral_update),
-                "deep_relative_trust": med(drt[:, None])[0], "deep_relative_trust_trace": clean(drt[at].tolist())}
+                "relative_update": med(m.relative_update[at][:, order]),
+                "relative_spectral_update": med(m.relative_spectral_update[:, order]),
+                "deep_relative_trust": med(drt[:, None])[0], "deep_relative_trust_trace": clean(drt[at].tolist()),
+                "deep_relative_trust_by_layer": med(by_layer)}
 
     def info(self) -> dict[str, Any]:
         val = self.splits["val"]
