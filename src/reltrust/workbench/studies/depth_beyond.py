@@ -65,8 +65,14 @@ class Config:
         return self.depth.seeds
 
 
-CONFIGS = {size: Config(depth.CONFIGS[size], tuple(LRS[size].items()), every)
-           for size, every in (("full", 100), ("quick", 30), ("tiny", 2))}
+# The depth study's configs (tiny: its deeper depth only, to keep the tests short); σ₁ and ‖ΔW‖₂ at step 1
+# and every k-th step.
+CONFIGS = {
+    "full": Config(depth.CONFIGS["full"], tuple(LRS["full"].items()), 100),
+    "quick": Config(depth.CONFIGS["quick"], tuple(LRS["quick"].items()), 30),
+    "tiny": Config(dataclasses.replace(depth.CONFIGS["tiny"], depths=depth.CONFIGS["tiny"].depths[-1:]),
+                   tuple(LRS["tiny"].items()), 2),
+}
 
 
 def build_grid(config: Config, seeds: Sequence[int]) -> list[RunSpec]:
