@@ -393,7 +393,9 @@ class TrustMonitor:
 
     def to_records(self) -> list[dict[str, Any]]:
         """One dict per (step, layer): step, layer, norm (at the start of the step), update_norm,
-        relative_update, top_singular_value (after the step; None where not measured)."""
+        relative_update, top_singular_value (after the step; None where not measured); with
+        ``update_spectral`` also update_spectral_norm (‖ΔW‖₂) and relative_spectral_update (‖ΔW‖₂/‖W‖₂),
+        None where not measured."""
         t = self._table()
         rel = t[:, 1] / t[:, 0]
         sv = dict(zip(self._spectral_steps, self.top_singular_value.tolist()))
@@ -424,7 +426,9 @@ class TrustMonitor:
                 w.writerow({k: ("" if v is None else (repr(v) if isinstance(v, float) else v)) for k, v in row.items()})
 
     def to_dict(self) -> dict[str, Any]:
-        """Wide format: layers, shapes, steps, and (steps × layers) lists of every quantity."""
+        """Wide format: layers, shapes, steps, and (steps × layers) lists of every quantity; the per-step
+        deep_relative_trust; with ``update_spectral`` also update_spectral_norm and relative_spectral_update
+        (measurements × layers, at spectral_steps)."""
         t = self._table()
 
         def clean(x: torch.Tensor) -> list:  # JSON has no inf/nan: write them as None
