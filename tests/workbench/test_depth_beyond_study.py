@@ -88,7 +88,7 @@ def test_the_tiny_grid_runs_every_method_under_both_inits_with_a_monitor(tiny):
     assert rc == 0
     runs = _runs(out)
     specs = db.grid(tiny=True)
-    assert len(runs) == len(specs) == len(db.METHODS) * len(depth.INITS) * len(depth.CONFIGS["tiny"].depths)
+    assert len(runs) == len(specs) == len(db.METHODS) * len(depth.INITS) * len(db.CONFIGS["tiny"].depth.depths)
     assert {r["spec"]["optimizer"] for r in runs} == set(db.METHODS)
     for r in runs:
         t = r["info"]["trust"]
