@@ -211,7 +211,8 @@ def analyse(store: Store, out_dir: str | Path, specs: Sequence[RunSpec] | None =
         lrs.setdefault(s.optimizer, set()).add(s.lr)
     if lrs:
         rep.para("Learning rates (fromage_budget, \"Fromage-τ\": the budget τ = the deep relative trust of every "
-                 "step, decayed by the schedule like an lr): " + "; ".join(
+                 "step over all the tensors it updates, biases included, decayed by the schedule like an lr; the "
+                 "monitor measures the weight matrices only, so its deep relative trust is below τ): " + "; ".join(
                      f"{depth._label(m)} {', '.join(fmt_lr(x) for x in sorted(v))}"
                      for m, v in sorted(lrs.items(), key=lambda kv: depth._opt_order(kv[0]))) + ".")
     depth.paper_vs_here(rep, used, records)
