@@ -4,6 +4,7 @@
     opt = create("lamb", param_groups(model, weight_decay=0.01), lr=1e-3)
 """
 from reltrust.optim.fromage import Fromage, fromage_update
+from reltrust.optim.fromage_budget import FromageBudget
 from reltrust.optim.lamb import LAMB, lamb_update
 from reltrust.optim.lars import LARS, lars_update
 from reltrust.optim.muon import MuonAdamW
@@ -14,6 +15,7 @@ from reltrust.optim.registry import available, create, get, param_groups, regist
 from reltrust.optim._ratio import norms, trust_ratio
 
 register("fromage", Fromage)
+register("fromage_budget", FromageBudget)
 register("lars", LARS)
 register("lamb", LAMB)
 register("nero", Nero)
@@ -23,7 +25,7 @@ register("adam_nobc", AdamNoBiasCorrection)  # the practice study's ablations
 register("sgdw", SGDW)
 
 __all__ = [
-    "Fromage", "LARS", "LAMB", "Nero", "MuonAdamW", "RAdamSkip", "AdamNoBiasCorrection", "SGDW",
+    "Fromage", "FromageBudget", "LARS", "LAMB", "Nero", "MuonAdamW", "RAdamSkip", "AdamNoBiasCorrection", "SGDW",
     "fromage_update", "lars_update", "lamb_update", "nero_update", "radam_skip_update",
     "norms", "trust_ratio",
     "available", "create", "get", "param_groups", "register",

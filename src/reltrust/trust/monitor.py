@@ -17,6 +17,16 @@ estimate from below; relative error ~1e-6 to 1e-3 on MLPs in training, and far b
 iteration when the top singular values are close, as they are at random initialisation), or exactly
 with ``spectral="exact"``, or not at all with ``every=0``.
 
+Opt-in, ``update_spectral=True`` (nothing is computed when off): at the same spectral steps, the top
+singular value of the step's *update* ΔW = W_after − W_before (not of the weights) and σ_1 of W_before,
+giving the relative spectral change
+
+    relative_spectral_update[m, l] = ‖ΔW_l‖_2 / ‖W_l^before‖_2
+
+(`spectral` chooses exact SVDs or warm-started Lanczos as for σ_1). Always available, from the
+Frobenius trace: the deep relative trust of every step, Π_l (1 + relative_update[s, l]) − 1
+(`deep_relative_trust`).
+
 Cost per step: a snapshot of the selected layers before the step and ‖W‖ of it, ‖W_after − snapshot‖
 after it. For contiguous float32 CPU layers on the native kernels (`reltrust.optim._native`) these
 are two fused passes — copy-and-norm, then difference-norm without writing the difference (about 4
@@ -73,6 +83,8 @@ class TrustMonitor:
         include_biases, include, exclude: the layer selection (see module docstring).
         flush_every: how many steps of results to keep as device tensors before moving them to the
             host in one transfer (≥ 1).
+        update_spectral: also measure ‖ΔW‖_2 and σ_1 of W before the step at the spectral steps
+            (`relative_spectral_update`); needs ``every`` ≥ 1 and whole (non-DTensor) tensors.
     """
 
     def __init__(
@@ -87,6 +99,7 @@ class TrustMonitor:
         include: Patterns = None,
         exclude: Patterns = None,
         flush_every: int = 256,
+        update_spectral: bool = False,
     ):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -146,6 +159,7 @@ class TrustMonitor:
         self._spectral_chunks: list[torch.Tensor] = []
         self._optimizer = optimizer
         self._handles: list = []
+        self._init_update_spectral(update_spectral)
         self.attach()
 
     # ------------------------------------------------------------------ hooks
@@ -176,6 +190,8 @@ class TrustMonitor:
         self._steps.append(self._step)
         self._pending += 1
         if self.every and (self._step == 1 or self._step % self.every == 0):
+            if self.update_spectral:
+                self._update_spectral_pending.append(self._update_spectral_norms())
             self._spectral_steps.append(self._step)
             self._spectral_pending.append(self._top_singular_values())
         if self._pending >= self.flush_every:
@@ -206,7 +222,81 @@ class TrustMonitor:
             out.append(sigma.to(self._device, self._norm_dtype))
         return torch.stack(out)
 
+    # ------------------------------------------------------------------ opt-in: the spectral size of a step
+
+    def _init_update_spectral(self, update_spectral: bool) -> None:
+        if not isinstance(update_spectral, bool):
+            raise ValueError(f"update_spectral must be True or False, got {update_spectral!r}")
+        if update_spectral and not self.every:
+            raise ValueError("update_spectral=True measures at the spectral steps: every must be >= 1, got 0")
+        if update_spectral and any(map(is_dtensor, self._params)):
+            raise ValueError("update_spectral=True needs whole tensors: DTensor (FSDP2) parameters are not supported")
+        self.update_spectral = update_spectral
+        self._delta_vectors: list[torch.Tensor | None] = [None] * len(self._params)
+        self._update_gen = torch.Generator().manual_seed(1)  # private, apart from σ_1's
+        self._update_spectral_pending: list[torch.Tensor] = []
+        self._update_spectral_chunks: list[torch.Tensor] = []
+
+    def _sigma(self, w: torch.Tensor, v: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """σ_1 of the matrix `w`: exact, or Lanczos warm-started at `v` (cold, 4× the steps, when None)."""
+        if self.spectral == "exact":
+            return torch.linalg.matrix_norm(w, ord=2), None
+        steps = self.lanczos_steps
+        if v is None:
+            v = torch.randn(w.shape[1], generator=self._update_gen, dtype=w.dtype).to(w.device)
+            steps *= 4
+        return top_singular_value(w, v.to(w.device, w.dtype), steps)
+
+    def _update_spectral_norms(self) -> torch.Tensor:
+        """(2, layers): ‖ΔW‖_2 of the step just taken and σ_1 of W before it, each layer as a matrix.
+        Run by the post-hook at the spectral steps only. The fused native path leaves W_before in the
+        snapshot; the torch path leaves −ΔW there: ΔW and W_before are formed explicitly from it."""
+        out = []
+        for i, (w, snap) in enumerate(zip(self._locals, self._snap)):
+            if self._fused:
+                before, delta = snap, w - snap
+            else:
+                before, delta = w + snap, -snap
+            m = w.shape[0] if w.ndim else 1
+            before, delta = before.reshape(m, -1), delta.reshape(m, -1)
+            if delta.dtype not in (torch.float32, torch.float64):
+                before, delta = before.float(), delta.float()
+            d_sigma, self._delta_vectors[i] = self._sigma(delta, self._delta_vectors[i])
+            b_sigma, _ = self._sigma(before, self._vectors[i])  # σ_1's warm vector, left as it was
+            out.append(torch.stack([d_sigma, b_sigma]).to(self._device, self._norm_dtype))
+        return torch.stack(out, dim=1)
+
+    @property
+    def update_spectral_norm(self) -> torch.Tensor:
+        """‖ΔW_l‖_2 of the step at each of `spectral_steps`, shape (measurements, layers) (update_spectral)."""
+        return self._update_spectral_table()[:, 0]
+
+    @property
+    def spectral_norm_before(self) -> torch.Tensor:
+        """σ_1 of W_l before the step at each of `spectral_steps`, shape (measurements, layers) (update_spectral)."""
+        return self._update_spectral_table()[:, 1]
+
+    @property
+    def relative_spectral_update(self) -> torch.Tensor:
+        """‖ΔW_l‖_2 / ‖W_l^before‖_2 at each of `spectral_steps`, shape (measurements, layers)
+        (update_spectral; empty when off)."""
+        t = self._update_spectral_table()
+        return t[:, 0] / t[:, 1]
+
+    def _update_spectral_table(self) -> torch.Tensor:
+        self._flush()
+        if not self._update_spectral_chunks:
+            return torch.zeros(0, 2, len(self.layers), dtype=torch.float64)
+        return torch.cat(self._update_spectral_chunks)
+
+    def deep_relative_trust(self) -> torch.Tensor:
+        """Π_l (1 + ‖ΔW_l‖_F/‖W_l‖_F) − 1 of each step over the monitored layers, shape (steps,), float64."""
+        return torch.prod(1.0 + self.relative_update, dim=1) - 1.0
+
     def _flush(self) -> None:
+        if self._update_spectral_pending:
+            self._update_spectral_chunks.append(torch.stack(self._update_spectral_pending).to("cpu", torch.float64))
+            self._update_spectral_pending = []
         if self._pending:
             self._chunks.append(self._buf[: self._pending].to("cpu", torch.float64, copy=True).flatten(1))
             self._pending = 0
@@ -303,10 +393,15 @@ class TrustMonitor:
 
     def to_records(self) -> list[dict[str, Any]]:
         """One dict per (step, layer): step, layer, norm (at the start of the step), update_norm,
-        relative_update, top_singular_value (after the step; None where not measured)."""
+        relative_update, top_singular_value (after the step; None where not measured); with
+        ``update_spectral`` also update_spectral_norm (‖ΔW‖₂) and relative_spectral_update (‖ΔW‖₂/‖W‖₂),
+        None where not measured."""
         t = self._table()
         rel = t[:, 1] / t[:, 0]
         sv = dict(zip(self._spectral_steps, self.top_singular_value.tolist()))
+        us = self._update_spectral_table()
+        un = dict(zip(self._spectral_steps, us[:, 0].tolist()))
+        ur = dict(zip(self._spectral_steps, (us[:, 0] / us[:, 1]).tolist()))
         rows = []
         for i, s in enumerate(self._steps):
             norms, deltas, rels = t[i, 0].tolist(), t[i, 1].tolist(), rel[i].tolist()
@@ -314,11 +409,16 @@ class TrustMonitor:
             for j, name in enumerate(self.layers):
                 rows.append({"step": s, "layer": name, "norm": norms[j], "update_norm": deltas[j],
                              "relative_update": rels[j], "top_singular_value": None if sig is None else sig[j]})
+                if self.update_spectral:
+                    rows[-1]["update_spectral_norm"] = un[s][j] if s in un else None
+                    rows[-1]["relative_spectral_update"] = ur[s][j] if s in ur else None
         return rows
 
     def to_csv(self, path: str | os.PathLike) -> None:
         """Long-format CSV: step,layer,norm,update_norm,relative_update,top_singular_value."""
         fields = ["step", "layer", "norm", "update_norm", "relative_update", "top_singular_value"]
+        if self.update_spectral:
+            fields += ["update_spectral_norm", "relative_spectral_update"]
         with open(path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
@@ -326,7 +426,9 @@ class TrustMonitor:
                 w.writerow({k: ("" if v is None else (repr(v) if isinstance(v, float) else v)) for k, v in row.items()})
 
     def to_dict(self) -> dict[str, Any]:
-        """Wide format: layers, shapes, steps, and (steps × layers) lists of every quantity."""
+        """Wide format: layers, shapes, steps, and (steps × layers) lists of every quantity; the per-step
+        deep_relative_trust; with ``update_spectral`` also update_spectral_norm and relative_spectral_update
+        (measurements × layers, at spectral_steps)."""
         t = self._table()
 
         def clean(x: torch.Tensor) -> list:  # JSON has no inf/nan: write them as None
@@ -342,6 +444,9 @@ class TrustMonitor:
             "spectral_steps": self.spectral_steps,
             "top_singular_value": clean(self.top_singular_value),
             "spectral_method": self.spectral if self.every else None,
+            "deep_relative_trust": [v if math.isfinite(v) else None for v in self.deep_relative_trust().tolist()],
+            **({"update_spectral_norm": clean(self.update_spectral_norm),
+                "relative_spectral_update": clean(self.relative_spectral_update)} if self.update_spectral else {}),
         }
 
     def to_json(self, path: str | os.PathLike) -> None:

@@ -122,8 +122,40 @@ def _raise_terminated(signum, frame) -> None:
     raise _Terminated
 
 
+# The studies' own options (`Study.options`): each is an argument of reproduce and run, refused with one
+# line by a study that does not take it.
+STUDY_OPTIONS = {
+    "optimizers": dict(metavar="NAME,...", help="depth: the optimisers to run, comma-separated (default: the paper's "
+                                                 "fromage,sgd,adam; also fromage_budget, nero, muon, lamb)"),
+}
+
+
+def add_study_options(p: argparse.ArgumentParser) -> None:
+    for name, kw in STUDY_OPTIONS.items():
+        p.add_argument(f"--{name}", default=None, **kw)
+
+
+def _study_options(command: str, study, args: argparse.Namespace) -> dict | int:
+    """The study options given on the command line, parsed by the study; the exit status 2 after one
+    line when the study does not take one or its value is bad."""
+    out = {}
+    for name in STUDY_OPTIONS:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if name not in study.options:
+            takes = ", ".join(f"--{o}" for o in study.options) or "none"
+            return _usage_error(command, f"argument --{name}: study {study.name!r} does not take it (its options: {takes})")
+        try:
+            out[name] = study.options[name](value)
+        except ValueError as e:
+            return _usage_error(command, f"argument --{name}: {e}")
+    return out
+
+
 def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `reproduce` beyond study/--quick/--out (called from `reltrust.cli`)."""
+    add_study_options(p)
     p.add_argument("--workers", type=workers_int, default=None,
                    help="worker processes (default: one per CPU core, at most one per run; 0: run in this process)")
     p.add_argument("--threads", type=positive_int, default=None,
@@ -239,7 +271,7 @@ def _command_line(args: argparse.Namespace) -> str:
     parts = ["reltrust", "reproduce", args.study]
     if args.quick:
         parts.append("--quick")
-    for opt in ("out", "workers", "threads", "seeds", "data_dir", "device"):
+    for opt in ("out", "workers", "threads", "seeds", "data_dir", "device", *STUDY_OPTIONS):
         v = getattr(args, opt, None)
         if v is not None and not (opt == "device" and v == "cpu"):
             parts += [f"--{opt.replace('_', '-')}", str(v)]
@@ -294,7 +326,10 @@ def reproduce_command(args: argparse.Namespace) -> int:
     if problem:
         return _usage_error("reproduce", f"argument --out: {problem}")
     seeds = None if getattr(args, "seeds", None) is None else list(range(int(args.seeds)))
-    specs = study.grid(quick, seeds=seeds, tiny=tiny)
+    options = _study_options("reproduce", study, args)
+    if isinstance(options, int):
+        return options
+    specs = study.grid(quick, seeds=seeds, tiny=tiny, **options)
     device = getattr(args, "device", "cpu") or "cpu"
     if device != "cpu":
         from reltrust.workbench.train import resolve_device
@@ -371,6 +406,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     which.add_argument("--key", help="the run's key, or a unique prefix of it (see --list)")
     which.add_argument("--list", action="store_true", help="list the grid: index, key, status in --out, label")
     p.add_argument("--seeds", type=positive_int, default=None, help="number of seeds (0..N-1), as given to reproduce")
+    add_study_options(p)
     p.add_argument("--parallel", choices=["fsdp", "ddp", "none"], default=None,
                    help="data parallelism over the torchrun ranks (default: fsdp under torchrun with "
                         "more than one rank, else none)")
@@ -408,7 +444,10 @@ def run_command(args: argparse.Namespace) -> int:
     if problem:
         return _usage_error("run", f"argument --out: {problem}")
     seeds = None if args.seeds is None else list(range(int(args.seeds)))
-    specs = study.grid(quick, seeds=seeds, tiny=tiny)
+    options = _study_options("run", study, args)
+    if isinstance(options, int):
+        return options
+    specs = study.grid(quick, seeds=seeds, tiny=tiny, **options)
     if args.list:
         statuses = {}
         if (out / "results.sqlite").exists():

@@ -15,6 +15,7 @@ from reltrust.workbench.studies._common import Study
 
 STUDIES = {
     "depth": "reltrust.workbench.studies.depth",
+    "depth-beyond": "reltrust.workbench.studies.depth_beyond",
     "trust": "reltrust.workbench.studies.trust",
     "lr-robustness": "reltrust.workbench.studies.lr_robustness",
     "variance": "reltrust.workbench.studies.variance",

@@ -21,7 +21,10 @@ SIZES = ("quick", "full", "tiny")
 class Study:
     """One registered study: its name, title, a one-line description, its config per size, how its
     grid is built from a config, and its analysis. `quick_minutes` is the wall time of its quick grid
-    as measured on a 2-core machine (stated by ``reltrust reproduce --list``)."""
+    as measured on a 2-core machine (stated by ``reltrust reproduce --list``). `options`: the command-line
+    options the study takes beyond the workbench's own (e.g. ``{"optimizers": parse}``), name → a parser
+    of the option's text that raises ValueError with a one-line message; `build_grid` then takes the
+    parsed value as a keyword argument."""
 
     name: str
     title: str
@@ -33,6 +36,7 @@ class Study:
     # optional: (specs, out_dir, data_dir=...) -> None, run by `reproduce` before the sweep (e.g. to
     # train once what every run of the grid shares)
     prepare: Callable[..., None] | None = None
+    options: Mapping[str, Callable[[str], Any]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         missing = [s for s in SIZES if s not in self.configs]
@@ -42,10 +46,15 @@ class Study:
     def config(self, quick: bool = False, *, tiny: bool = False) -> Any:
         return self.configs["tiny" if tiny else "quick" if quick else "full"]
 
-    def grid(self, quick: bool = False, *, seeds: Sequence[int] | None = None, tiny: bool = False) -> list[RunSpec]:
-        """The runs of the quick, full (default) or tiny grid; `seeds` replaces the config's seeds."""
+    def grid(self, quick: bool = False, *, seeds: Sequence[int] | None = None, tiny: bool = False,
+             **options: Any) -> list[RunSpec]:
+        """The runs of the quick, full (default) or tiny grid; `seeds` replaces the config's seeds;
+        `options`: parsed values of the study's own `options` (left out: the study's defaults)."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(f"study {self.name!r}: unknown options {unknown}; it takes: {', '.join(self.options) or 'none'}")
         config = self.config(quick, tiny=tiny)
-        return self.build_grid(config, tuple(config.seeds if seeds is None else seeds))
+        return self.build_grid(config, tuple(config.seeds if seeds is None else seeds), **options)
 
     def cost_line(self) -> str:
         return f"quick: {len(self.grid(quick=True))} runs, about {self.quick_minutes:g} min on 2 cores"

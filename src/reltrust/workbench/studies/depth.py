@@ -42,6 +42,16 @@ OPTIMIZERS: dict[str, tuple[dict, tuple[float, ...]]] = {
     "sgd": ({"momentum": 0.9}, (1.0, 0.1, 0.01)),
     "adam": ({}, (1e-2, 1e-3, 1e-4)),
 }
+# Fromage's descendants, for `reltrust reproduce depth --optimizers NAME,...` (registry name → kwargs, lr
+# grid). fromage_budget: the depth-aware Fromage, lr = τ, the deep relative trust of every step.
+DESCENDANTS: dict[str, tuple[dict, tuple[float, ...]]] = {
+    "fromage_budget": ({}, (1.0, 0.3, 0.1)),
+    "nero": ({}, (0.01, 0.003, 0.001)),
+    "muon": ({}, (0.1, 0.05, 0.02)),
+    "lamb": ({}, (0.01, 0.003, 0.001)),
+}
+# (in the order of the reports' tables: Fromage and its descendants, then SGD and Adam)
+ALLOWED = {"fromage": OPTIMIZERS["fromage"], **DESCENDANTS, "sgd": OPTIMIZERS["sgd"], "adam": OPTIMIZERS["adam"]}
 INITS = ("default", "kaiming")
 # "Trains": best-over-lr final train accuracy at least this (stated in the report; the full table is
 # there for any other threshold).
@@ -65,24 +75,52 @@ CONFIGS = {
 }
 
 
-def build_grid(config: Config, seeds: Sequence[int]) -> list[RunSpec]:
-    """Initialisations × depths × optimisers × their lr grid × seeds."""
-    base = RunSpec(study=NAME, dataset=config.dataset, model="mlp", optimizer="fromage", lr=0.01,
+def base_spec(config: Config, study: str = NAME) -> RunSpec:
+    """What every run of the grid shares: the data, the plain ReLU MLP's width, the budget, ×0.95 per epoch."""
+    return RunSpec(study=study, dataset=config.dataset, model="mlp", optimizer="fromage", lr=0.01,
                    epochs=config.epochs, batch_size=config.batch_size, schedule="exponential",
                    schedule_kwargs={"gamma": 0.95},
                    model_kwargs={"width": config.width, "activation": "relu"})
-    return sweep(base, models=[{"depth": d, "init": init} for init in INITS for d in config.depths],
-                 optimizers={name: okw for name, (okw, _) in OPTIMIZERS.items()},
-                 lrs={name: lrs for name, (_, lrs) in OPTIMIZERS.items()}, seeds=seeds)
 
 
-def grid(quick: bool = False, *, seeds: Sequence[int] | None = None, tiny: bool = False) -> list[RunSpec]:
+def model_variants(config: Config) -> list[dict]:
+    """The model_kwargs updates of the grid: initialisations × depths."""
+    return [{"depth": d, "init": init} for init in INITS for d in config.depths]
+
+
+def parse_optimizers(text: str) -> tuple[str, ...]:
+    """``"fromage,adam,nero"`` → the names, in that order; a one-line error for an unknown, repeated or
+    missing name."""
+    names = [n.strip().lower() for n in str(text).split(",")]
+    if not all(names):
+        raise ValueError(f"a comma-separated list of optimiser names is expected, got {text!r}; allowed: {', '.join(ALLOWED)}")
+    for n in names:
+        if n not in ALLOWED:
+            raise ValueError(f"unknown optimizer {n!r}; allowed: {', '.join(ALLOWED)}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} given twice; each optimizer once, from: {', '.join(ALLOWED)}")
+    return tuple(names)
+
+
+def build_grid(config: Config, seeds: Sequence[int], optimizers: Sequence[str] | None = None) -> list[RunSpec]:
+    """Initialisations × depths × optimisers (default: the paper's three, `OPTIMIZERS`; any of
+    `ALLOWED`) × their lr grid × seeds."""
+    chosen = {name: ALLOWED[name] for name in (OPTIMIZERS if optimizers is None else optimizers)}
+    return sweep(base_spec(config), models=model_variants(config),
+                 optimizers={name: okw for name, (okw, _) in chosen.items()},
+                 lrs={name: lrs for name, (_, lrs) in chosen.items()}, seeds=seeds)
+
+
+def grid(quick: bool = False, *, seeds: Sequence[int] | None = None, tiny: bool = False,
+         optimizers: Sequence[str] | None = None) -> list[RunSpec]:
     """The study's runs: depths × initialisations × optimisers × their lr grid × seeds.
 
     `quick`: the scaled-down grid for a laptop (minutes); otherwise the full study (hours; resumable).
-    `tiny`: a seconds-long grid (width 16, 2 epochs) for tests. `seeds` overrides the seeds.
+    `tiny`: a seconds-long grid (width 16, 2 epochs) for tests. `seeds` overrides the seeds;
+    `optimizers` the paper's three (names from `ALLOWED`).
     """
-    return STUDY.grid(quick, seeds=seeds, tiny=tiny)
+    return STUDY.grid(quick, seeds=seeds, tiny=tiny, **({} if optimizers is None else {"optimizers": optimizers}))
 
 
 def csv_columns() -> dict:
@@ -130,12 +168,16 @@ def _lr_text(row: dict) -> str:
 
 
 def _opt_order(name: str) -> int:
-    names = list(OPTIMIZERS)
+    names = list(ALLOWED)
     return names.index(name) if name in names else len(names)
 
 
 def _label(opt: str) -> str:
-    return {"sgd": "SGD", "adam": "Adam", "fromage": "Fromage"}.get(opt, opt)
+    return LABELS.get(opt, opt)
+
+
+LABELS = {"sgd": "SGD", "adam": "Adam", "fromage": "Fromage", "fromage_budget": "Fromage-τ", "nero": "Nero",
+          "muon": "Muon", "lamb": "LAMB"}
 
 
 def _cell(row: dict | None) -> str:
@@ -220,7 +262,7 @@ def claim_check(rows: Sequence[dict]) -> list[tuple[str, str, str]]:
     return out
 
 
-def _write_summary_csv(rows: Sequence[dict], path: Path) -> Path:
+def write_summary_csv(rows: Sequence[dict], path: Path) -> Path:
     buf = io.StringIO()
     cols = ["init", "depth", "optimizer", "best_lr", "train_acc", "train_acc_min", "train_acc_max", "seeds",
             "runs", "diverged", "crashed"]
@@ -240,7 +282,7 @@ def analyse(store: Store, out_dir: str | Path, specs: Sequence[RunSpec] | None =
     records = load_records(store, NAME, specs)
     rows = summarise(records)
     chance = chance_level(records)
-    _write_summary_csv(rows, out_dir / "depth_summary.csv")
+    write_summary_csv(rows, out_dir / "depth_summary.csv")
 
     rep = Report(TITLE)
     rep.para(
@@ -249,7 +291,7 @@ def analyse(store: Store, out_dir: str | Path, specs: Sequence[RunSpec] | None =
         "exactly what ran. Metric: final train accuracy (eval mode, whole training split, after the last "
         "epoch), best over each optimiser's three learning rates (mean over seeds at the best lr)."
     )
-    _paper_vs_here(rep, list(specs) if specs is not None else [r.spec for r in records], records)
+    paper_vs_here(rep, list(specs) if specs is not None else [r.spec for r in records], records)
     rep.heading("Findings")
     if not rows:
         rep.para("No runs are recorded yet: nothing to report.")
@@ -263,26 +305,31 @@ def analyse(store: Store, out_dir: str | Path, specs: Sequence[RunSpec] | None =
 
     figures = []
     if rows:
-        figures = _figures(records, rows, chance, out_dir)
+        figures = accuracy_figures(records, rows, chance, out_dir)
     for path, caption in figures:
         rep.figure(path, caption, relative_to=out_dir)
 
     if rows:
-        rep.heading("Table: best final train accuracy (best lr) by depth")
-        opts = sorted({r["optimizer"] for r in rows}, key=_opt_order)
-        by = {(r["init"], r["depth"], r["optimizer"]): r for r in rows}
-        for init in sorted({r["init"] for r in rows}, key=lambda i: INITS.index(i) if i in INITS else 9):
-            rep.para(f"**{init} init**")
-            depths = sorted({r["depth"] for r in rows if r["init"] == init})
-            rep.table(["depth"] + [_label(o) for o in opts],
-                      [[d] + [_cell(by.get((init, d, o))) for o in opts] for d in depths])
+        accuracy_tables(rep, rows)
         rep.para("Every run (all learning rates, seeds) is in `results.csv`; the per-point summary in "
                  "`depth_summary.csv`; per-epoch histories in `results.json` and `results.sqlite`.")
 
     return finish_report(rep, out_dir, specs, records, command)
 
 
-def _paper_vs_here(rep: Report, specs: Sequence[RunSpec], records: Sequence[Record]) -> None:
+def accuracy_tables(rep: Report, rows: Sequence[dict]) -> None:
+    """One table per initialisation: depth × optimiser, the best lr's final train accuracy."""
+    rep.heading("Table: best final train accuracy (best lr) by depth")
+    opts = sorted({r["optimizer"] for r in rows}, key=_opt_order)
+    by = {(r["init"], r["depth"], r["optimizer"]): r for r in rows}
+    for init in sorted({r["init"] for r in rows}, key=lambda i: INITS.index(i) if i in INITS else 9):
+        rep.para(f"**{init} init**")
+        depths = sorted({r["depth"] for r in rows if r["init"] == init})
+        rep.table(["depth"] + [_label(o) for o in opts],
+                  [[d] + [_cell(by.get((init, d, o))) for o in opts] for d in depths])
+
+
+def paper_vs_here(rep: Report, specs: Sequence[RunSpec], records: Sequence[Record]) -> None:
     """What the paper ran beside what this grid runs (values read from the specs and the runs)."""
     if not specs:
         return
@@ -313,7 +360,7 @@ def _paper_vs_here(rep: Report, specs: Sequence[RunSpec], records: Sequence[Reco
     ])
 
 
-def _figures(records, rows, chance, out_dir: Path) -> list[tuple[Path, str]]:
+def accuracy_figures(records, rows, chance, out_dir: Path) -> list[tuple[Path, str]]:
     figs = []
     inits = sorted({r["init"] for r in rows}, key=lambda i: INITS.index(i) if i in INITS else 9)
     opts = sorted({r["optimizer"] for r in rows}, key=_opt_order)
@@ -372,6 +419,7 @@ STUDY = Study(
     name=NAME, title=TITLE,
     description="how deep a plain MLP each optimiser trains (Fromage vs SGD vs Adam; Fig. 4)",
     configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=2,
+    options={"optimizers": parse_optimizers},
 )
 
-__all__ = ["STUDY", "build_grid", "NAME", "OPTIMIZERS", "INITS", "CONFIGS", "grid", "analyse", "summarise", "findings", "claim_check"]
+__all__ = ["STUDY", "build_grid", "NAME", "OPTIMIZERS", "DESCENDANTS", "ALLOWED", "parse_optimizers", "INITS", "CONFIGS", "grid", "analyse", "summarise", "findings", "claim_check"]

@@ -20,9 +20,21 @@
   every training seed; validation and test splits unchanged); ``eval_every`` (0 = a pass): one
   "epoch" of the loop is `eval_every` minibatches of a running sequence of reshuffled passes, so that
   the metrics are evaluated every `eval_every` optimiser steps.
+- Optional (task_kwargs; off by default, so specs without it run as before): ``monitor_every`` (int
+  k > 0): a `reltrust.trust.TrustMonitor` on the optimiser (its ≥ 2-d parameters, biases excluded;
+  exact σ₁, ``update_spectral=True``) measuring at step 1 and every k-th step. `info()` then holds
+  ``trust``: ``layers``, ``shapes``, ``every``, ``spectral_steps``, and per layer the median over
+  those steps of the relative Frobenius change ‖ΔW‖_F/‖W‖_F (``relative_update``) and of the
+  relative spectral change ‖ΔW‖₂/‖W‖₂ (``relative_spectral_update``); the median over every step of
+  the deep relative trust Π_l(1+‖ΔW_l‖_F/‖W_l‖_F) − 1 (``deep_relative_trust``), its value at the
+  spectral steps (``deep_relative_trust_trace``) and, per layer l, the median over every step of the
+  deep relative trust of the layers up to l (``deep_relative_trust_by_layer``; its last entry is
+  ``deep_relative_trust``). Layers in the model's order (input first, head last). Medians skip NaN; a
+  non-finite one is null.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,7 +76,7 @@ class ClassifyTask(ShuffledTask):
     DATA_KINDS = ("image", "vector")
     METRICS = ("loss", "acc")
     RUNNING = ("loss", "acc")
-    TASK_KWARGS = {"test_fraction": 0.0, "train_subset": 0, "eval_every": 0}
+    TASK_KWARGS = {"test_fraction": 0.0, "train_subset": 0, "eval_every": 0, "monitor_every": 0}
 
     def __init__(self, spec, *, device, data_dir=None):
         super().__init__(spec, device=device, data_dir=data_dir)
@@ -93,6 +105,10 @@ class ClassifyTask(ShuffledTask):
             self.splits["train"] = tuple(t[keep] for t in self.splits["train"])
         self.n = len(self.splits["train"][1])
         self._probe_batch = None
+        k = self.options["monitor_every"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise TaskError(f"RunSpec.task_kwargs.monitor_every must be an int >= 0 (0: off), got {k!r}")
+        self._monitor = None
         self._every = o["eval_every"]
         self._stream: tuple[torch.Tensor, int] | None = None
 
@@ -119,6 +135,14 @@ class ClassifyTask(ShuffledTask):
 
     def train_step(self, models, optimizers, batch: torch.Tensor, shard: Shard | None) -> Step:
         model, optimizer = models["model"], optimizers["model"]
+        if self._monitor is None and self.options["monitor_every"]:
+            from reltrust.trust import TrustMonitor
+
+            self._monitor = TrustMonitor(optimizer, model, every=self.options["monitor_every"], spectral="exact",
+                                         update_spectral=True)
+            names = [n for n, _ in model.named_parameters()]
+            self._monitor_order = sorted(range(len(self._monitor.layers)),
+                                         key=lambda j: names.index(self._monitor.layers[j]))
         x, y = self.splits["train"]
         bs = len(batch)
         optimizer.zero_grad(set_to_none=True)
@@ -180,7 +204,33 @@ class ClassifyTask(ShuffledTask):
                                     [float(e) for e in probe["etas"]], **kwargs)
         return result.to_dict()
 
+    def trust_summary(self) -> dict[str, Any]:
+        """The monitor's geometry of a step, aggregated over training (see the module doc); {} without one."""
+        m = self._monitor
+        if m is None:
+            return {}
+        m.detach()
+        at = [s - 1 for s in m.spectral_steps]  # rows of the per-step trace at the spectral steps
+        order = self._monitor_order
+        drt = m.deep_relative_trust()
+        by_layer = torch.cumprod(1.0 + m.relative_update[:, order], dim=1) - 1.0
+
+        def med(x: torch.Tensor) -> list:
+            x = x if x.numel() else torch.full((1, x.shape[-1]), float("nan"), dtype=torch.float64)
+            return [v if math.isfinite(v) else None for v in torch.nanmedian(x, dim=0).values.tolist()]
+
+        def clean(xs: list) -> list:
+            return [v if math.isfinite(v) else None for v in xs]
+
+        return {"layers": [m.layers[j] for j in order], "shapes": [list(m.shapes[j]) for j in order], "every": m.every,
+                "spectral_steps": m.spectral_steps, "steps": len(m),
+                "relative_update": med(m.relative_update[at][:, order]),
+                "relative_spectral_update": med(m.relative_spectral_update[:, order]),
+                "deep_relative_trust": med(drt[:, None])[0], "deep_relative_trust_trace": clean(drt[at].tolist()),
+                "deep_relative_trust_by_layer": med(by_layer)}
+
     def info(self) -> dict[str, Any]:
         val = self.splits["val"]
         return {"data_source": getattr(self.data, "source", None), "num_classes": getattr(self.data, "num_classes", None),
-                "n_train": self.n, "n_val": 0 if val is None else len(val[1])}
+                "n_train": self.n, "n_val": 0 if val is None else len(val[1]),
+                **({"trust": self.trust_summary()} if self._monitor is not None else {})}
