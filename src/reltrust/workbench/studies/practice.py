@@ -511,7 +511,7 @@ def panel_adam(records: Sequence[Record], out_dir: Path) -> Panel:
         panels[f"η = {fmt_lr(lr)}"] = {"adam (bias-corrected)": (steps, curve_a), "adam_nobc (no correction)": (steps, curve_b)}
     lrs = sorted({r.spec.lr for r in runs})
     verdict = ("holds" if len(differs) == len(lrs) else "partly" if differs else "does not hold") + (
-        f": the loss curves differ clearly at η = {', '.join(map(fmt_lr, differs)) or 'none'} of {', '.join(map(fmt_lr, lrs))}; "
+        f": the loss curves are clearly apart at {len(differs)} of the {len(lrs)} η ({', '.join(map(fmt_lr, differs)) or 'none'}); "
         + "; ".join(f"η = {r[0]}: first-third mean loss {r[1]} with vs {r[2]} without, at the end {r[3]} vs {r[4]}" for r in rows))
     s = runs[0].spec
     measurement = (f"MLP (depth 3), batch {s.batch_size}, β = (0.9, 0.999): training loss every "
@@ -713,7 +713,7 @@ STUDY = Study(
     name=NAME, title=TITLE,
     description="the lecture notes' practice measured: gradient noise vs batch, SGD vs GD, Robbins–Monro, momentum, "
                 "Adam's bias correction, initialisation, regularisation",
-    configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=5,
+    configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=3,
 )
 
 __all__ = ["STUDY", "CONFIGS", "NAME", "analyse", "build_grid", "classify_tail", "grid", "last_doubling", "panel_of",
