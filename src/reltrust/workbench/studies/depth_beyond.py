@@ -118,7 +118,7 @@ def geometry(row: dict) -> dict | None:
     out["frob_median"] = _median(rel)
     out["spec_median"] = _median(spec)
     out["spread"] = max(finite) / min(finite) if finite else math.nan  # largest over smallest layer
-    out["spec_over_frob"] = _median([s / f for s, f in zip(spec, rel) if math.isfinite(s / f)] if rel else [])
+    out["spec_over_frob"] = _median([s / f for s, f in zip(spec, rel) if f > 0 and math.isfinite(s / f)])
     return out
 
 
