@@ -292,7 +292,7 @@ def _lr_word(opt: str) -> str:
 STUDY = Study(
     name=NAME, title=TITLE,
     description="which of Fromage, depth-aware Fromage, Nero, Muon, LAMB, Adam train a deep plain MLP; the relative size of their steps per layer",
-    configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=12,
+    configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=13,
 )
 
 __all__ = ["STUDY", "NAME", "METHODS", "LRS", "CONFIGS", "build_grid", "grid", "analyse", "geometry", "verdicts",
