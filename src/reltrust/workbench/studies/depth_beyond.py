@@ -118,7 +118,7 @@ def geometry(row: dict) -> dict | None:
     out["frob_median"] = _median(rel)
     out["spec_median"] = _median(spec)
     out["spread"] = max(finite) / min(finite) if finite else math.nan  # largest over smallest layer
-    out["spec_over_frob"] = _median([s / f for s, f in zip(spec, rel) if math.isfinite(s / f)] if rel else [])
+    out["spec_over_frob"] = _median([s / f for s, f in zip(spec, rel) if f > 0 and math.isfinite(s / f)])
     return out
 
 
@@ -292,7 +292,7 @@ def _lr_word(opt: str) -> str:
 STUDY = Study(
     name=NAME, title=TITLE,
     description="which of Fromage, depth-aware Fromage, Nero, Muon, LAMB, Adam train a deep plain MLP; the relative size of their steps per layer",
-    configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=12,
+    configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=13,
 )
 
 __all__ = ["STUDY", "NAME", "METHODS", "LRS", "CONFIGS", "build_grid", "grid", "analyse", "geometry", "verdicts",
