@@ -300,3 +300,32 @@ def test_fromage_step_as_the_monitor_reports(mlp, batch, lr):
             reported = mon.relative_update[s, j].item()
             assert reported == pytest.approx(closed, rel=1e-10)
             assert abs(reported - lr * c) <= (1 - c) * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_lanczos_exhausted_krylov_space_is_exact(rank):
+    """A rank-r matrix exhausts the Krylov space after r steps: the early stop (α or β below the
+    tolerance) must leave B with the filled rows and columns only and give σ_1 exactly, with a unit
+    right vector that attains it (‖W v‖ = σ_1)."""
+    g = torch.Generator().manual_seed(rank)
+    w = (torch.randn(30, rank, generator=g, dtype=torch.float64)
+         @ torch.randn(rank, 20, generator=g, dtype=torch.float64))
+    truth = float(np.linalg.svd(w.numpy(), compute_uv=False)[0])
+    sigma, v = top_singular_value(w, torch.randn(20, generator=g, dtype=torch.float64), 10)
+    assert float(sigma) == pytest.approx(truth, rel=1e-10)
+    assert float(v.norm()) == pytest.approx(1.0, rel=1e-12)
+    assert float((w @ v).norm()) == pytest.approx(truth, rel=1e-8)
+
+
+def test_lanczos_float32_matches_float64_reference():
+    """float32 layers (the monitor's usual case): the Ritz value agrees with a float64 run of the
+    same Krylov space to float32 rounding, and stays at or below σ_1."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(64, 200, generator=g) / 14
+    v0 = torch.randn(200, generator=g)
+    truth = float(np.linalg.svd(w.double().numpy(), compute_uv=False)[0])
+    for steps in (2, 4, 8):
+        s32, _ = top_singular_value(w, v0, steps)
+        s64, _ = top_singular_value(w.double(), v0.double(), steps)
+        assert float(s32) == pytest.approx(float(s64), rel=1e-5)
+        assert float(s32) <= truth * (1 + 1e-5)

@@ -57,6 +57,7 @@ import math
 import os
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -491,44 +492,50 @@ def top_singular_value(w: torch.Tensor, v0: torch.Tensor, steps: int) -> tuple[t
     which is ≤ σ_1(W) (a Ritz value of a projection) and converges fast in k, together with the
     matching unit right Ritz vector V_{k+1} ṽ to warm-start the next call. Stops early when the
     Krylov space is exhausted, in which case the value is exact.
+
+    Written for few tensor operations per step (on small layers their dispatch, not the
+    arithmetic, is the cost): U and V start as zeros, so the reorthogonalisation runs over all of
+    their rows (the rows not yet filled contribute exact zeros); α, β are Python floats and the
+    small SVD of B is LAPACK's in float64 (numpy).
     """
     m, n = w.shape
     k = max(1, min(steps, m, n))
-    V, U = w.new_zeros(k + 1, n), w.new_zeros(k, m)
-    alpha, beta = w.new_zeros(k), w.new_zeros(k)
-    start = v0.norm()
+    start = float(torch.linalg.vector_norm(v0))
     if not start > 0:
         raise ValueError("top_singular_value: the start vector is zero")
-    V[0] = v0 / start
+    V, U = w.new_zeros(k + 1, n), w.new_zeros(k, m)
+    rows_v, rows_u, wt, vt, ut = V.unbind(0), U.unbind(0), w.T, V.T, U.T
+    torch.div(v0, start, out=rows_v[0])
+    alpha: list[float] = []
+    beta: list[float] = []
     tol = None
-    n_u = n_v = 0
     for j in range(k):
-        p = w @ V[j]
+        p = torch.mv(w, rows_v[j])
         if j:
-            p -= beta[j - 1] * U[j - 1]
-            p -= U[:j].T @ (U[:j] @ p)  # full reorthogonalisation (k is small)
-        a = p.norm()
+            p.sub_(rows_u[j - 1], alpha=beta[j - 1])
+            p.addmv_(ut, torch.mv(U, p), alpha=-1)  # full reorthogonalisation (k is small)
+        a = float(torch.linalg.vector_norm(p))
         if tol is None:
-            tol = torch.finfo(w.dtype).eps * max(float(a), float(torch.linalg.vector_norm(w)) * 1e-3)
-        n_v = j + 1
+            tol = torch.finfo(w.dtype).eps * max(a, float(torch.linalg.vector_norm(w)) * 1e-3)
         if a <= tol:  # W v_j lies in span(U): exhausted
             break
-        alpha[j], U[j] = a, p / a
-        n_u = j + 1
-        r = w.T @ U[j] - a * V[j]
-        r -= V[: j + 1].T @ (V[: j + 1] @ r)
-        b = r.norm()
+        alpha.append(a)
+        torch.div(p, a, out=rows_u[j])
+        r = torch.mv(wt, rows_u[j]).sub_(rows_v[j], alpha=a)
+        r.addmv_(vt, torch.mv(V, r), alpha=-1)
+        b = float(torch.linalg.vector_norm(r))
         if b <= tol:
             break
-        beta[j], V[j + 1] = b, r / b
-        n_v = j + 2
+        beta.append(b)
+        torch.div(r, b, out=rows_v[j + 1])
+    n_u, n_v = len(alpha), len(beta) + 1
     if n_u == 0:  # W v0 = 0
-        return (torch.linalg.matrix_norm(w, ord=2) if w.any() else w.new_zeros(()), V[0])
-    B = w.new_zeros(n_u, n_v)
-    idx = torch.arange(n_u, device=w.device)
-    B[idx, idx] = alpha[:n_u]
-    sup = idx[idx + 1 < n_v]
-    B[sup, sup + 1] = beta[: len(sup)]
-    _, s, vh = torch.linalg.svd(B, full_matrices=False)
-    v = vh[0] @ V[:n_v]
-    return s[0], v / v.norm()
+        return (torch.linalg.matrix_norm(w, ord=2) if w.any() else w.new_zeros(()), rows_v[0])
+    B = np.zeros((n_u, n_v))
+    B[range(n_u), range(n_u)] = alpha
+    B[range(n_v - 1), range(1, n_v)] = beta[: n_v - 1]
+    _, s, vh = np.linalg.svd(B, full_matrices=False)
+    x = np.zeros(k + 1)
+    x[:n_v] = vh[0]
+    v = torch.mv(vt, torch.tensor(x, dtype=w.dtype, device=w.device))  # V's rows past n_v are zero
+    return torch.tensor(s[0], dtype=w.dtype, device=w.device), v.div_(torch.linalg.vector_norm(v))
