@@ -1,6 +1,6 @@
 """How much does TrustMonitor slow a training step? Prints ms/step without and with it, and the ratio.
 
-    PYTHONPATH=src python benchmarks/monitor_overhead.py [--blocks 20] [--every 50] [--threads 1]
+    PYTHONPATH=src python benchmarks/monitor_overhead.py [--blocks 40] [--every 50] [--threads 1] [--reuse-snapshot on|off]
 
 A small MLP (784-256-256-10, batch 128) trained with SGD + momentum on a fixed random batch. One
 model and one monitor; the monitor is attached and detached in alternating blocks of `every` steps
@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--widths", default="784,256,256,10", help="layer widths of the MLP")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared box)")
+    ap.add_argument("--reuse-snapshot", choices=["on", "off"], default="on",
+                    help="TrustMonitor(reuse_snapshot=...): off is the monitor before the one-pass refresh")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     widths = tuple(int(w) for w in args.widths.split(","))
@@ -59,7 +61,8 @@ def main() -> None:
         F.cross_entropy(model(x), y).backward()
         opt.step()
 
-    mon = TrustMonitor(opt, model, every=args.every, spectral=args.spectral)
+    mon = TrustMonitor(opt, model, every=args.every, spectral=args.spectral,
+                       reuse_snapshot=args.reuse_snapshot == "on")
     for _ in range(block):  # warm-up: allocator, the monitor's first (longer) Lanczos run
         step()
     mon.detach()

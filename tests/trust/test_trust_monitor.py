@@ -329,3 +329,65 @@ def test_lanczos_float32_matches_float64_reference():
         s64, _ = top_singular_value(w.double(), v0.double(), steps)
         assert float(s32) == pytest.approx(float(s64), rel=1e-5)
         assert float(s32) <= truth * (1 + 1e-5)
+
+
+def test_refresh_pass_gives_the_bits_of_the_two_passes():
+    """The fused post-step pass (‖a − b‖, then b ← a with ‖a‖) equals difference_norms followed by
+    snapshot_norms bit for bit, on sizes that cross the kernels' block and span edges."""
+    from reltrust.optim import _native
+
+    if not _native.available():
+        pytest.skip("native kernels unavailable")
+    g = torch.Generator().manual_seed(3)
+    a = [torch.randn(n, generator=g) for n in (1, 7, 1000, 70_001)]
+    b = [t + 1e-3 * torch.randn(t.shape, generator=g) for t in a]
+    b2 = [t.clone() for t in b]
+    diff, norm = torch.empty(len(a)), torch.empty(len(a))
+    _native.refresh_norms(a, b, diff, norm)
+    diff2, norm2 = torch.empty(len(a)), torch.empty(len(a))
+    _native.difference_norms(a, b2, diff2)
+    _native.snapshot_norms(b2, a, norm2)
+    assert torch.equal(diff, diff2) and torch.equal(norm, norm2)
+    assert all(torch.equal(x, y) for x, y in zip(b, a))  # b now holds the snapshot of a
+    assert np.allclose(norm.numpy(), [float(x.double().norm()) for x in a], rtol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_reused_snapshot_records_the_same_bits_even_when_weights_are_written_between_steps(mlp, batch, optimizer):
+    """reuse_snapshot (the post-hook takes the next snapshot) against reuse_snapshot=False, on two
+    identical trajectories: every recorded number is the same bit for bit, including the steps after
+    an in-place write to a weight between two steps (seen through its version counter, so the next
+    pre-hook snapshots again) and after a detach/attach."""
+    from reltrust.optim import _native
+
+    if not _native.available():
+        pytest.skip("native kernels unavailable")
+    results = []
+    for reuse in (True, False):
+        torch.manual_seed(0)
+        model = mlp(3)
+        opt = (torch.optim.Adam(model.parameters(), lr=1e-2) if optimizer == "adam"
+               else torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+        mon = TrustMonitor(opt, model, every=3, flush_every=4, reuse_snapshot=reuse)
+        assert mon._fused and mon._reuse is reuse
+        data = batch()
+        train(model, opt, data, 4)
+        with torch.no_grad():
+            next(model.parameters()).mul_(1.5)  # a write the next step's ‖W‖ and ΔW must see
+        train(model, opt, data, 3)
+        mon.detach()
+        with torch.no_grad():
+            list(model.parameters())[2].add_(0.25)
+        mon.attach()
+        train(model, opt, data, 3)
+        results.append((mon.norm, mon.update_norm, mon.top_singular_value))
+    for x, y in zip(*results):
+        assert torch.equal(x, y)
+    norms = results[0][0]
+    assert norms[4, 0] > 1.4 * norms[3, 0]  # the write between steps 4 and 5 is in step 5's ‖W‖
+
+
+def test_reused_snapshot_must_be_a_bool(mlp):
+    model = mlp(2)
+    with pytest.raises(TypeError, match="reuse_snapshot must be True or False, got 1"):
+        TrustMonitor(torch.optim.SGD(model.parameters(), lr=0.1), model, reuse_snapshot=1)

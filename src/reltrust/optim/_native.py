@@ -242,6 +242,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "rt_scale": [I, P, P, P, I],
         "rt_count_steps": [I, P, P],
         "rt_snapshot_norms": [I, I, P, P, P, P, I],
+        "rt_refresh_norms": [I, P, P, P, P, P, I],
         "rt_trust_ratio": [I, P, P, F, F, F, P],
     }
     for name, argtypes in sig.items():
@@ -456,6 +457,15 @@ def difference_norms(a, b, out: torch.Tensor) -> torch.Tensor:
     ap, bp, sizes = _ptrs(a), _ptrs(b), _sizes(a)
     _lib.rt_snapshot_norms(len(a), 1, _addr(ap), _addr(bp), _addr(sizes), _p(out), torch.get_num_threads())
     return out
+
+
+def refresh_norms(a, b, diff: torch.Tensor, norm: torch.Tensor) -> None:
+    """diff_i = ‖a_i − b_i‖, then b_i ← a_i with norm_i = ‖a_i‖, in one visit of each span (the monitor
+    after a step: the update norms and the next step's snapshot); the same bits as `difference_norms`
+    followed by `snapshot_norms`."""
+    ap, bp, sizes = _ptrs(a), _ptrs(b), _sizes(a)
+    _lib.rt_refresh_norms(len(a), _addr(ap), _addr(bp), _addr(sizes), _p(diff), _p(norm), torch.get_num_threads())
+    _bump(b)
 
 
 def scale_(params, scale: torch.Tensor) -> None:

@@ -29,8 +29,11 @@ Frobenius trace: the deep relative trust of every step, Π_l (1 + relative_updat
 
 Cost per step: a snapshot of the selected layers before the step and ‖W‖ of it, ‖W_after − snapshot‖
 after it. For contiguous float32 CPU layers on the native kernels (`reltrust.optim._native`) these
-are two fused passes — copy-and-norm, then difference-norm without writing the difference (about 4
-bytes read or written per element and pass fewer than the multi-tensor ops), one call each; elsewhere
+are fused passes — copy-and-norm, then difference-norm without writing the difference (about 4
+bytes read or written per element and pass fewer than the multi-tensor ops), one call each; and with
+``reuse_snapshot`` (the default) one pass per step after it, which takes ‖ΔW‖ and the next step's
+snapshot and ‖W‖ while the new weights are in cache, the pre-hook then only checks the weights'
+version counters; elsewhere
 a multi-tensor copy, one subtraction and two ``torch._foreach_norm`` calls (float32, or float64 for
 float64 parameters). No host transfer: the results are written into a buffer on the parameters'
 device and moved to the host `flush_every` steps at a time (and when read). ‖W‖ = 0 gives inf or nan relative updates (IEEE division), which CSV keeps
@@ -86,6 +89,13 @@ class TrustMonitor:
             host in one transfer (≥ 1).
         update_spectral: also measure ‖ΔW‖_2 and σ_1 of W before the step at the spectral steps
             (`relative_spectral_update`); needs ``every`` ≥ 1 and whole (non-DTensor) tensors.
+        reuse_snapshot: on the fused native path, the post-hook also takes the next step's snapshot
+            and ‖W‖ in the same pass as ‖ΔW‖ (while the weights the step just wrote are in cache),
+            and the next pre-hook uses them when the weights' version counters show that nothing
+            wrote to them in between; otherwise it snapshots as usual. The numbers are the same bits
+            either way. Writes that bypass the version counter (through ``p.data``, ``.numpy()``,
+            DLPack) between two steps go unseen and count towards the next step's ΔW: pass False
+            where weights are written that way.
     """
 
     def __init__(
@@ -101,6 +111,7 @@ class TrustMonitor:
         exclude: Patterns = None,
         flush_every: int = 256,
         update_spectral: bool = False,
+        reuse_snapshot: bool = True,
     ):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -110,6 +121,8 @@ class TrustMonitor:
                                 ("flush_every", flush_every, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{arg} must be an integer >= {low}, got {value!r}")
+        if not isinstance(reuse_snapshot, bool):
+            raise TypeError(f"reuse_snapshot must be True or False, got {reuse_snapshot!r}")
         if spectral not in _SPECTRAL:
             raise ValueError(f"spectral must be one of {', '.join(map(repr, _SPECTRAL))}, got {spectral!r}")
 
@@ -150,6 +163,12 @@ class TrustMonitor:
         # per step a row (‖W‖ before, ‖ΔW‖) of this buffer, moved to the host when full
         self._buf = torch.empty(flush_every, 2, len(self._params), dtype=self._norm_dtype, device=self._device)
         self._snapped = False  # the pre-hook ran and its step's post-hook has not
+        # fused path: the post-hook refreshes the snapshot for the next step and leaves ‖W‖ here; the
+        # pre-hook uses them when the weights' version counters say nothing wrote to them in between
+        self._reuse = reuse_snapshot and self._fused
+        self._ahead_buf = torch.empty(len(self._params), dtype=self._norm_dtype, device=self._device)
+        self._ahead: torch.Tensor | None = None
+        self._versions: list[int] = []
 
         self._step = 0
         self._steps: list[int] = []
@@ -168,7 +187,11 @@ class TrustMonitor:
     @torch.no_grad()
     def _pre_hook(self, optimizer, args, kwargs) -> None:
         row = self._buf[self._pending]
-        if self._fused:
+        if self._ahead is not None and self._versions == [t._version for t in self._locals]:
+            # the previous post-hook left the snapshot of exactly these weights (nothing has written
+            # to them since: their version counters are unchanged) and their norms
+            row[0].copy_(self._ahead)
+        elif self._fused:
             _native.snapshot_norms(self._snap, self._locals, row[0])
         else:
             torch._foreach_copy_(self._snap, self._locals)
@@ -181,16 +204,23 @@ class TrustMonitor:
         if not self._snapped:  # attached between a pre- and a post-hook: nothing to compare
             return
         row = self._buf[self._pending]
-        if self._fused:
+        step = self._step + 1
+        spectral = self.every and (step == 1 or step % self.every == 0)
+        self._ahead = None
+        if self._reuse and not (spectral and self.update_spectral):
+            # ‖ΔW‖ and, in the same visit of each span, the next step's snapshot and ‖W‖
+            _native.refresh_norms(self._locals, self._snap, row[1], self._ahead_buf)
+            self._ahead, self._versions = self._ahead_buf, [t._version for t in self._locals]
+        elif self._fused:
             _native.difference_norms(self._locals, self._snap, row[1])
         else:
             torch._foreach_sub_(self._snap, self._locals)  # the snapshot now holds −ΔW
             row[1].copy_(self._norms())
         self._snapped = False
-        self._step += 1
-        self._steps.append(self._step)
+        self._step = step
+        self._steps.append(step)
         self._pending += 1
-        if self.every and (self._step == 1 or self._step % self.every == 0):
+        if spectral:
             if self.update_spectral:
                 self._update_spectral_pending.append(self._update_spectral_norms())
             self._spectral_steps.append(self._step)
@@ -311,6 +341,7 @@ class TrustMonitor:
         """Register the hooks again after `detach` (no-op when attached); step numbers continue."""
         if not self._handles:
             self._snapped = False
+            self._ahead = None
             self._handles = [self._optimizer.register_step_pre_hook(self._pre_hook),
                              self._optimizer.register_step_post_hook(self._post_hook)]
 

@@ -822,6 +822,28 @@ int rt_snapshot_norms(int n, int mode, const int64_t *dst_ptrs, const int64_t *s
 }
 
 
+/* After a step, both of the monitor's passes in one visit of each span while it is in cache:
+ * diff[t] = ‖a_t − b_t‖, then b ← a with norm[t] = ‖a_t‖ (the next step's snapshot and weight norm).
+ * The same loops as modes 1 and 0 above, so the same bits as those two calls one after the other. */
+int rt_refresh_norms(int n, const int64_t *a_ptrs, const int64_t *b_ptrs, const int64_t *sizes, float *diff,
+                     float *norm, int nthreads) {
+    spans_t sp = make_spans(n, sizes, NULL, 0);
+    double *partial = new_partial(sp, 2);
+#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
+    for (int64_t s = 0; s < sp.n; s++) {
+        const span_t x = sp.s[s];
+        float *a = PTR(a_ptrs, x.t, x.lo), *b = PTR(b_ptrs, x.t, x.lo);
+        partial[s * 2] = span_diff_sumsq(a, b, x.hi - x.lo);
+        partial[s * 2 + 1] = span_copy_sumsq(b, a, x.hi - x.lo);
+    }
+    float *outs[2] = {diff, norm};
+    finish_norms(n, NULL, 0, sp, partial, 2, outs);
+    free(partial);
+    free(sp.s);
+    return 0;
+}
+
+
 /* p ← p·scale[t] for the tensors whose scale is not exactly 1 (multiplying by 1 is the identity). */
 int rt_scale(int n, const int64_t *p_ptrs, const int64_t *sizes, const float *scale, int nthreads) {
     spans_t sp = make_spans(n, sizes, NULL, 0);
