@@ -13,7 +13,8 @@ For every optimiser step s and selected layer l (the pre-hook snapshots W_l, the
 and after step 1 and every `every`-th step the top singular value σ_1 of each layer (as a matrix,
 kernels reshaped to (out, in·k·k)): by default with a few steps of Golub-Kahan-Lanczos
 bidiagonalisation warm-started from the previous right singular vector (a Ritz value, so an
-estimate from below; relative error ~1e-6 to 1e-3 on MLPs in training, and far better than power
+estimate from below; relative error against the exact SVD with the default 8 steps, measured along
+MLP training runs every 10 or 50 steps: median 1e-8 to 1e-6, worst 5e-3, and far better than power
 iteration when the top singular values are close, as they are at random initialisation), or exactly
 with ``spectral="exact"``, or not at all with ``every=0``.
 
