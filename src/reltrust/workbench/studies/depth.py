@@ -418,7 +418,7 @@ def accuracy_figures(records, rows, chance, out_dir: Path) -> list[tuple[Path, s
 STUDY = Study(
     name=NAME, title=TITLE,
     description="how deep a plain MLP each optimiser trains (Fromage vs SGD vs Adam; Fig. 4)",
-    configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=2,
+    configs=CONFIGS, build_grid=build_grid, analyse=analyse, quick_minutes=5,
     options={"optimizers": parse_optimizers},
 )
 
