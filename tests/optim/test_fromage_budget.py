@@ -57,3 +57,28 @@ def test_a_scheduler_on_lr_schedules_the_budget_and_the_registry_builds_it():
 def test_fromage_budget_refuses_a_second_budget():
     with pytest.raises(ValueError, match=r"give the budget τ as lr"):
         FromageBudget([torch.nn.Parameter(torch.ones(2, 2))], lr=0.1, trust_budget=0.1)
+
+
+def test_with_a_closure_L_is_counted_from_the_gradients_the_closure_made():
+    """A closure that computes the gradients (none exist before the first step): L is the tensors the
+    step moves, counted after the closure, as Fromage(trust_budget) counts it — not 1 from the
+    gradients that were there before it."""
+    ws, _ = _problem(torch.float64)
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    params = []
+    for opt_cls, kw in ((Fromage, {"trust_budget": 0.3}), (FromageBudget, {"lr": 0.3})):
+        ps = [torch.nn.Parameter(w.clone()) for w in ws]
+        opt = opt_cls(ps, **kw)
+
+        def closure():
+            opt.zero_grad()
+            h = torch.tanh(x @ ps[0].T + ps[1]) @ ps[2].T + ps[3]
+            loss = h.square().sum()
+            loss.backward()
+            return loss
+
+        for _ in range(2):
+            opt.step(closure)
+        params.append([p.detach().clone() for p in ps])
+    for a, b in zip(*params):
+        assert torch.equal(a, b)

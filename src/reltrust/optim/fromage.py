@@ -141,12 +141,21 @@ class Fromage(LayerwiseOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # L for the depth-aware rule: the tensors this step moves by a trust ratio (host-side count)
-        if any(g.get("trust_budget") is not None for g in self.param_groups):
+        # L for the depth-aware rule: the tensors this step moves by a trust ratio (host-side count,
+        # after the closure has made the gradients)
+        if self._budgeted():
             self._budget_layers = max(1, sum(
                 1 for g in self.param_groups if g["trust_ratio"] for p in g["params"] if p.grad is not None))
         super().step()
         return loss
+
+    def _budgeted(self) -> bool:
+        """Whether some group's η comes from a trust budget (then `step` counts L)."""
+        return any(g.get("trust_budget") is not None for g in self.param_groups)
+
+    def _budget_eta(self, budget: float | torch.Tensor) -> float | torch.Tensor:
+        """η = (1+τ)^(1/L) − 1, L as counted by this step."""
+        return (1.0 + budget) ** (1.0 / self.__dict__.get("_budget_layers", 1)) - 1.0
 
     def budget_lr(self, group: dict[str, Any]) -> float | torch.Tensor:
         """η of a group at this step: its lr, or (1+τ)^(1/L) − 1 for a group with a trust_budget τ
@@ -154,7 +163,7 @@ class Fromage(LayerwiseOptimizer):
         budget = group.get("trust_budget")
         if budget is None:
             return group["lr"]
-        return (1.0 + float(budget)) ** (1.0 / self.__dict__.get("_budget_layers", 1)) - 1.0
+        return self._budget_eta(float(budget))
 
     def _update(self, group: dict[str, Any], b: Bucket, foreach: bool) -> None:
         p_bound = group["p_bound"]

@@ -29,12 +29,9 @@ class FromageBudget(Fromage):
             raise ValueError("FromageBudget: give the budget τ as lr (trust_budget is what lr means here)")
         super().__init__(params, lr=lr, p_bound=p_bound, momentum=momentum, **kwargs)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        self._budget_layers = max(1, sum(
-            1 for g in self.param_groups if g["trust_ratio"] for p in g["params"] if p.grad is not None))
-        return super().step(closure)
+    def _budgeted(self) -> bool:
+        return True  # every group's lr is its τ
 
     def budget_lr(self, group: dict[str, Any]) -> float | torch.Tensor:
         """η = (1+τ)^(1/L) − 1 with τ this group's lr (a float, or a one-element tensor)."""
-        return (1.0 + group["lr"]) ** (1.0 / self.__dict__.get("_budget_layers", 1)) - 1.0
+        return self._budget_eta(group["lr"])
