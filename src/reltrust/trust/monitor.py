@@ -167,9 +167,8 @@ class TrustMonitor:
         # fused path: the post-hook refreshes the snapshot for the next step and leaves ‖W‖ here; the
         # pre-hook uses them when the weights' version counters say nothing wrote to them in between
         self._reuse = reuse_snapshot and self._fused
-        self._ahead_buf = torch.empty(len(self._params), dtype=self._norm_dtype, device=self._device)
-        self._ahead: torch.Tensor | None = None
-        self._versions: list[int] = []
+        self._ahead = torch.empty(len(self._params), dtype=self._norm_dtype, device=self._device)
+        self._versions: list[int] | None = None  # the weights' version counters when _ahead was taken
 
         self._step = 0
         self._steps: list[int] = []
@@ -188,7 +187,7 @@ class TrustMonitor:
     @torch.no_grad()
     def _pre_hook(self, optimizer, args, kwargs) -> None:
         row = self._buf[self._pending]
-        if self._ahead is not None and self._versions == [t._version for t in self._locals]:
+        if self._versions is not None and self._versions == [t._version for t in self._locals]:
             # the previous post-hook left the snapshot of exactly these weights (nothing has written
             # to them since: their version counters are unchanged) and their norms
             row[0].copy_(self._ahead)
@@ -207,11 +206,11 @@ class TrustMonitor:
         row = self._buf[self._pending]
         step = self._step + 1
         spectral = self.every and (step == 1 or step % self.every == 0)
-        self._ahead = None
+        self._versions = None
         if self._reuse and not (spectral and self.update_spectral):
             # ‖ΔW‖ and, in the same visit of each span, the next step's snapshot and ‖W‖
-            _native.refresh_norms(self._locals, self._snap, row[1], self._ahead_buf)
-            self._ahead, self._versions = self._ahead_buf, [t._version for t in self._locals]
+            _native.refresh_norms(self._locals, self._snap, row[1], self._ahead)
+            self._versions = [t._version for t in self._locals]
         elif self._fused:
             _native.difference_norms(self._locals, self._snap, row[1])
         else:
@@ -342,7 +341,7 @@ class TrustMonitor:
         """Register the hooks again after `detach` (no-op when attached); step numbers continue."""
         if not self._handles:
             self._snapped = False
-            self._ahead = None
+            self._versions = None
             self._handles = [self._optimizer.register_step_pre_hook(self._pre_hook),
                              self._optimizer.register_step_post_hook(self._post_hook)]
 
