@@ -391,3 +391,56 @@ def test_reused_snapshot_must_be_a_bool(mlp):
     model = mlp(2)
     with pytest.raises(TypeError, match="reuse_snapshot must be True or False, got 1"):
         TrustMonitor(torch.optim.SGD(model.parameters(), lr=0.1), model, reuse_snapshot=1)
+
+
+@pytest.mark.parametrize("shape", [(40, 30), (7, 60), (50, 3), (1, 9), (33, 17), (256, 100)])
+def test_native_lanczos_is_the_torch_lanczos_in_float64(shape, monkeypatch):
+    """Contiguous float32 CPU matrices run the whole bidiagonalisation in one native call
+    (rt_lanczos), in float64 from the float32 entries: the torch form run on the float64 copy of
+    the same matrix builds the same Krylov space, so σ_1 and the Ritz vector agree to float32
+    rounding for every step count (shapes off the kernel's 8-wide lanes included)."""
+    from reltrust.optim import _native
+
+    if not _native.available():
+        pytest.skip("native kernels unavailable")
+    calls = []
+    real = _native.lanczos
+    monkeypatch.setattr(_native, "lanczos", lambda *a: calls.append(a[2]) or real(*a))
+    g = torch.Generator().manual_seed(sum(shape))
+    w = torch.randn(shape, generator=g)
+    w[0] *= 2
+    v0 = torch.randn(shape[1], generator=g)
+    truth = float(np.linalg.svd(w.double().numpy(), compute_uv=False)[0])
+    for steps in (1, 2, 5, 12):
+        sigma, v = top_singular_value(w, v0, steps)
+        s64, v64 = top_singular_value(w.double(), v0.double(), steps)
+        assert sigma.dtype == v.dtype == torch.float32
+        assert float(sigma) == pytest.approx(float(s64), rel=1e-6)
+        np.testing.assert_allclose(v.double().numpy(), v64.numpy(), atol=1e-5)
+        assert float(sigma) <= truth * (1 + 1e-6)
+    assert calls == [max(1, min(s, *shape)) for s in (1, 2, 5, 12)]  # the native path ran, with k = min(steps, m, n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["native", "torch"])
+def test_a_nan_or_inf_weight_gives_nan_sigma_and_training_goes_on(mlp, batch, dtype):
+    """A diverged layer (a NaN or an inf weight) is recorded as σ_1 = NaN, the other layers as usual,
+    and the layer is measured afresh once it is finite again. Before, numpy's SVD of the NaN
+    bidiagonal matrix raised LinAlgError in the optimiser's post-hook, which stopped the training.
+    (Steps without gradients, so that the bad entry stays in its layer.)"""
+    model = mlp(3, dtype=dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = TrustMonitor(opt, model, every=1)
+    train(model, opt, batch(dtype=dtype), 1)
+    opt.zero_grad(set_to_none=True)
+    w = model.get_parameter(mon.layers[0])
+    good = w.detach().clone()
+    for bad in (math.nan, math.inf):
+        with torch.no_grad():
+            w.view(-1)[3] = bad
+        opt.step()  # no gradients: nothing moves, the post-hook measures σ_1
+        sv = mon.top_singular_value[-1]
+        assert math.isnan(sv[0].item()) and torch.isfinite(sv[1:]).all()
+    with torch.no_grad():
+        w.copy_(good)
+    opt.step()
+    assert torch.isfinite(mon.top_singular_value[-1]).all()

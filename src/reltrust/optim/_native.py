@@ -244,6 +244,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "rt_snapshot_norms": [I, I, P, P, P, P, I],
         "rt_refresh_norms": [I, P, P, P, P, P, I],
         "rt_trust_ratio": [I, P, P, F, F, F, P],
+        "rt_lanczos": [L, L, P, I, ctypes.c_double, P, P, P, P, P],
     }
     for name, argtypes in sig.items():
         fn = getattr(lib, name)
@@ -466,6 +467,42 @@ def refresh_norms(a, b, diff: torch.Tensor, norm: torch.Tensor) -> None:
     ap, bp, sizes = _ptrs(a), _ptrs(b), _sizes(a)
     _lib.rt_refresh_norms(len(a), _addr(ap), _addr(bp), _addr(sizes), _p(diff), _p(norm), torch.get_num_threads())
     _bump(b)
+
+
+def lanczos(w: torch.Tensor, v0, k: int, eps: float):
+    """Up to `k` steps of Golub-Kahan-Lanczos bidiagonalisation of the contiguous float32 CPU matrix
+    `w` (m × n), in float64, from the unit float64 numpy vector `v0` (n): numpy arrays of B's
+    diagonal α, its superdiagonal β, and the (k + 1) × n matrix whose first len(β) + 1 rows are the
+    right Lanczos vectors. Stops early where a new vector's norm is at most eps·max(α_0, 1e-3·‖w‖_F)
+    or is not finite (see rt_lanczos). numpy, not torch, for the work arrays: a dozen small torch
+    operations would cost more than the kernel on small layers."""
+    import numpy as np
+
+    m, n = w.shape
+    V, U = np.zeros((k + 1, n)), np.empty((k, m))
+    V[0] = v0
+    alpha, beta = np.empty(k), np.empty(k)
+    nbeta = ctypes.c_int(0)
+    na = _lib.rt_lanczos(m, n, w.data_ptr(), k, eps, V.ctypes.data, U.ctypes.data, alpha.ctypes.data,
+                         beta.ctypes.data, ctypes.addressof(nbeta))
+    return alpha[:na], beta[: nbeta.value], V
+
+
+def refresher(a, b):
+    """`refresh_norms` over fixed lists with its argument arrays built once, for a caller that runs it
+    every step: returns ``call(diff_addr, norm_addr)``, which writes the float32 norms at those
+    addresses. The tensors must keep their storage while `call` lives (it holds references to
+    them); b is the caller's private buffer, so its version counter is not bumped."""
+    ap, bp, sizes = _ptrs(a), _ptrs(b), _sizes(a)
+    n, fn, threads = len(a), _lib.rt_refresh_norms, torch.get_num_threads
+    args = (_addr(ap), _addr(bp), _addr(sizes))
+    keep = (ap, bp, sizes, list(a), list(b))
+
+    def call(diff_addr: int, norm_addr: int) -> None:
+        fn(n, *args, diff_addr, norm_addr, threads())
+
+    call.keep = keep
+    return call
 
 
 def scale_(params, scale: torch.Tensor) -> None:

@@ -32,13 +32,18 @@ Cost per step: a snapshot of the selected layers before the step and ‖W‖ of 
 after it. For contiguous float32 CPU layers on the native kernels (`reltrust.optim._native`) these
 are fused passes — copy-and-norm, then difference-norm without writing the difference (about 4
 bytes read or written per element and pass fewer than the multi-tensor ops), one call each; and with
-``reuse_snapshot`` (the default) one pass per step after it, which takes ‖ΔW‖ and the next step's
-snapshot and ‖W‖ while the new weights are in cache, the pre-hook then only checks the weights'
-version counters; elsewhere
-a multi-tensor copy, one subtraction and two ``torch._foreach_norm`` calls (float32, or float64 for
-float64 parameters). No host transfer: the results are written into a buffer on the parameters'
-device and moved to the host `flush_every` steps at a time (and when read). ‖W‖ = 0 gives inf or nan relative updates (IEEE division), which CSV keeps
-and JSON writes as null. The monitor never draws from the global random generator (its Lanczos start
+``reuse_snapshot`` (the default) a single pass per step, in the post-hook, which reads the new
+weights and the snapshot once each and takes ‖ΔW‖, the next step's snapshot and its ‖W‖ (written
+straight into the next step's row of results), so that the pre-hook only compares the weights'
+version counters: on the 784-256-256-10 MLP of `benchmarks/monitor_overhead.py` (batch 128, one
+thread) the whole monitor, σ_1 every 50 steps included, adds about 4 % to a training step.
+Elsewhere a multi-tensor copy, one subtraction and two ``torch._foreach_norm`` calls (float32, or
+float64 for float64 parameters). σ_1 of a contiguous float32 CPU matrix is one native call
+(`rt_lanczos`, the bidiagonalisation in float64); other matrices run it in torch. No host
+transfer: the results are written into a buffer on the parameters' device and moved to the host
+`flush_every` steps at a time (and when read). ‖W‖ = 0 gives inf or nan relative updates (IEEE
+division), which CSV keeps and JSON writes as null; a layer with a NaN or inf entry gives σ_1 = NaN.
+The monitor never draws from the global random generator (its Lanczos start
 vectors come from a private one), so it does not change the training's random stream.
 
 Layers: the optimiser's parameters that count as layers under the rule of `reltrust.trust.distance`
@@ -161,14 +166,19 @@ class TrustMonitor:
         # the native kernels' fused passes where they apply: one device, plain float32 CPU tensors
         self._fused = (self._device.type == "cpu" and self._one_device and not any(map(is_dtensor, self._params))
                        and _native.supported(self._locals) and _native.available())
-        # per step a row (‖W‖ before, ‖ΔW‖) of this buffer, moved to the host when full
-        self._buf = torch.empty(flush_every, 2, len(self._params), dtype=self._norm_dtype, device=self._device)
+        # per step a row (‖W‖ before, ‖ΔW‖) of this buffer, moved to the host when full; one row
+        # more, for the next step's ‖W‖ when the post-hook writes it ahead and the buffer is full
+        n = len(self._params)
+        self._buf = torch.empty(flush_every + 1, 2, n, dtype=self._norm_dtype, device=self._device)
         self._snapped = False  # the pre-hook ran and its step's post-hook has not
-        # fused path: the post-hook refreshes the snapshot for the next step and leaves ‖W‖ here; the
-        # pre-hook uses them when the weights' version counters say nothing wrote to them in between
+        # fused path: the post-hook refreshes the snapshot for the next step and writes its ‖W‖ into
+        # the next row; the pre-hook keeps them when the weights' version counters say nothing wrote
+        # to them in between. The kernel call is prepared once and writes by address into _buf.
         self._reuse = reuse_snapshot and self._fused
-        self._ahead = torch.empty(len(self._params), dtype=self._norm_dtype, device=self._device)
-        self._versions: list[int] | None = None  # the weights' version counters when _ahead was taken
+        self._versions: list[int] | None = None  # the weights' version counters when the snapshot was refreshed
+        if self._reuse:
+            self._refresh = _native.refresher(self._locals, self._snap)
+            self._row_bytes = 2 * n * self._buf.element_size()
 
         self._step = 0
         self._steps: list[int] = []
@@ -184,49 +194,63 @@ class TrustMonitor:
 
     # ------------------------------------------------------------------ hooks
 
-    @torch.no_grad()
+    # The hooks' common path (reuse_snapshot on the fused native path) is plain Python and one
+    # ctypes call, without torch.no_grad (which has nothing to guard there, and whose cost shows
+    # on a step of a few ms); the other paths run their tensor operations under it.
+
     def _pre_hook(self, optimizer, args, kwargs) -> None:
+        # When the previous post-hook left the snapshot of exactly these weights (nothing has written
+        # to them since: their version counters are unchanged), and their norms in this row, keep them
+        if self._versions is None or self._versions != [t._version for t in self._locals]:
+            self._snapshot()
+        self._snapped = True
+
+    @torch.no_grad()
+    def _snapshot(self) -> None:
         row = self._buf[self._pending]
-        if self._versions is not None and self._versions == [t._version for t in self._locals]:
-            # the previous post-hook left the snapshot of exactly these weights (nothing has written
-            # to them since: their version counters are unchanged) and their norms
-            row[0].copy_(self._ahead)
-        elif self._fused:
+        if self._fused:
             _native.snapshot_norms(self._snap, self._locals, row[0])
         else:
             torch._foreach_copy_(self._snap, self._locals)
             # the norm right after the copy, while the snapshot is still in cache
             row[0].copy_(self._norms())
-        self._snapped = True
 
-    @torch.no_grad()
     def _post_hook(self, optimizer, args, kwargs) -> None:
         if not self._snapped:  # attached between a pre- and a post-hook: nothing to compare
             return
-        row = self._buf[self._pending]
         step = self._step + 1
         spectral = self.every and (step == 1 or step % self.every == 0)
-        self._versions = None
         if self._reuse and not (spectral and self.update_spectral):
-            # ‖ΔW‖ and, in the same visit of each span, the next step's snapshot and ‖W‖
-            _native.refresh_norms(self._locals, self._snap, row[1], self._ahead)
+            # ‖ΔW‖ into this row and, in the same pass, the next step's snapshot and its ‖W‖ into the next
+            at = self._buf.data_ptr() + self._pending * self._row_bytes
+            self._refresh(at + self._row_bytes // 2, at + self._row_bytes)
             self._versions = [t._version for t in self._locals]
-        elif self._fused:
-            _native.difference_norms(self._locals, self._snap, row[1])
         else:
-            torch._foreach_sub_(self._snap, self._locals)  # the snapshot now holds −ΔW
-            row[1].copy_(self._norms())
+            self._versions = None
+            self._difference()
         self._snapped = False
         self._step = step
         self._steps.append(step)
         self._pending += 1
         if spectral:
-            if self.update_spectral:
-                self._update_spectral_pending.append(self._update_spectral_norms())
-            self._spectral_steps.append(self._step)
-            self._spectral_pending.append(self._top_singular_values())
+            self._spectral_step()
         if self._pending >= self.flush_every:
             self._flush()
+
+    @torch.no_grad()
+    def _difference(self) -> None:
+        if self._fused:
+            _native.difference_norms(self._locals, self._snap, self._buf[self._pending, 1])
+        else:
+            torch._foreach_sub_(self._snap, self._locals)  # the snapshot now holds −ΔW
+            self._buf[self._pending, 1].copy_(self._norms())
+
+    @torch.no_grad()
+    def _spectral_step(self) -> None:
+        if self.update_spectral:
+            self._update_spectral_pending.append(self._update_spectral_norms())
+        self._spectral_steps.append(self._step)
+        self._spectral_pending.append(self._top_singular_values())
 
     def _norms(self) -> torch.Tensor:
         """Norms of the snapshot tensors as whole logical tensors, one vector on the monitor's device."""
@@ -330,6 +354,8 @@ class TrustMonitor:
             self._update_spectral_pending = []
         if self._pending:
             self._chunks.append(self._buf[: self._pending].to("cpu", torch.float64, copy=True).flatten(1))
+            if self._versions is not None:  # the next step's ‖W‖, written ahead by the post-hook
+                self._buf[0, 0].copy_(self._buf[self._pending, 0])
             self._pending = 0
         if self._spectral_pending:
             self._spectral_chunks.append(torch.stack(self._spectral_pending).to("cpu", torch.float64))
@@ -522,21 +548,54 @@ def top_singular_value(w: torch.Tensor, v0: torch.Tensor, steps: int) -> tuple[t
     U_kᵀ W V_{k+1} = B, upper bidiagonal (α_j on the diagonal, β_j above it), and returns σ_1(B),
     which is ≤ σ_1(W) (a Ritz value of a projection) and converges fast in k, together with the
     matching unit right Ritz vector V_{k+1} ṽ to warm-start the next call. Stops early when the
-    Krylov space is exhausted, in which case the value is exact.
+    Krylov space is exhausted, in which case the value is exact. A matrix with a NaN or infinite
+    entry gives NaN, and `v0` back as the vector (a later call starts afresh from it).
 
-    Written for few tensor operations per step (on small layers their dispatch, not the
-    arithmetic, is the cost): U and V start as zeros, so the reorthogonalisation runs over all of
-    their rows (the rows not yet filled contribute exact zeros); α, β are Python floats and the
-    small SVD of B is LAPACK's in float64 (numpy).
+    Contiguous float32 CPU matrices run in one call of the native kernels (`rt_lanczos`, in
+    float64); the rest in torch, in w's dtype, written for few tensor operations per step (on small
+    layers their dispatch, not the arithmetic, is the cost): U and V start as zeros, so the
+    reorthogonalisation runs over all of their rows (the rows not yet filled contribute exact
+    zeros); α, β are Python floats. The small SVD of B is LAPACK's in float64 (numpy).
     """
     m, n = w.shape
     k = max(1, min(steps, m, n))
-    start = float(torch.linalg.vector_norm(v0))
-    if not start > 0:
-        raise ValueError("top_singular_value: the start vector is zero")
+    if _native.supported([w]) and _native.available():  # numpy around one kernel call
+        v = v0.detach().to("cpu", torch.float64).numpy()
+        start = float(np.linalg.norm(v))
+        if not start > 0:
+            raise ValueError("top_singular_value: the start vector is zero")
+        alpha, beta, V = _native.lanczos(w, v / start, k, float(torch.finfo(w.dtype).eps))
+        alpha, beta = alpha.tolist(), beta.tolist()
+    else:
+        start = float(torch.linalg.vector_norm(v0))
+        if not start > 0:
+            raise ValueError("top_singular_value: the start vector is zero")
+        alpha, beta, V = _lanczos(w, v0 / start, k)
+    n_u, n_v = len(alpha), len(beta) + 1
+    if not all(map(math.isfinite, alpha + beta)):
+        return w.new_full((), math.nan), v0
+    if n_u == 0:  # W v0 = 0
+        if not bool(torch.isfinite(w).all()):
+            return w.new_full((), math.nan), v0
+        return (torch.linalg.matrix_norm(w, ord=2) if w.any() else w.new_zeros(()), v0 / start)
+    B = np.zeros((n_u, n_v))
+    B[range(n_u), range(n_u)] = alpha
+    B[range(n_v - 1), range(1, n_v)] = beta[: n_v - 1]
+    _, s, vh = np.linalg.svd(B, full_matrices=False)
+    sigma = torch.tensor(s[0], dtype=w.dtype, device=w.device)
+    if isinstance(V, np.ndarray):
+        v = vh[0] @ V[:n_v]
+        return sigma, torch.from_numpy(v / np.linalg.norm(v)).to(w.dtype)
+    v = torch.mv(V[:n_v].T, torch.tensor(vh[0], dtype=V.dtype, device=V.device))
+    return sigma, v.div_(torch.linalg.vector_norm(v))
+
+
+def _lanczos(w: torch.Tensor, v0: torch.Tensor, k: int) -> tuple[list[float], list[float], torch.Tensor]:
+    """top_singular_value's bidiagonalisation in torch, from the unit vector v0: α, β and V."""
+    m, n = w.shape
     V, U = w.new_zeros(k + 1, n), w.new_zeros(k, m)
     rows_v, rows_u, wt, vt, ut = V.unbind(0), U.unbind(0), w.T, V.T, U.T
-    torch.div(v0, start, out=rows_v[0])
+    rows_v[0].copy_(v0)
     alpha: list[float] = []
     beta: list[float] = []
     tol = None
@@ -548,25 +607,19 @@ def top_singular_value(w: torch.Tensor, v0: torch.Tensor, steps: int) -> tuple[t
         a = float(torch.linalg.vector_norm(p))
         if tol is None:
             tol = torch.finfo(w.dtype).eps * max(a, float(torch.linalg.vector_norm(w)) * 1e-3)
-        if a <= tol:  # W v_j lies in span(U): exhausted
+        if not a > tol:  # W v_j lies in span(U): exhausted (or NaN)
+            if not math.isfinite(a):
+                alpha.append(a)
             break
         alpha.append(a)
         torch.div(p, a, out=rows_u[j])
         r = torch.mv(wt, rows_u[j]).sub_(rows_v[j], alpha=a)
         r.addmv_(vt, torch.mv(V, r), alpha=-1)
         b = float(torch.linalg.vector_norm(r))
-        if b <= tol:
+        if not b > tol:
+            if not math.isfinite(b):
+                beta.append(b)
             break
         beta.append(b)
         torch.div(r, b, out=rows_v[j + 1])
-    n_u, n_v = len(alpha), len(beta) + 1
-    if n_u == 0:  # W v0 = 0
-        return (torch.linalg.matrix_norm(w, ord=2) if w.any() else w.new_zeros(()), rows_v[0])
-    B = np.zeros((n_u, n_v))
-    B[range(n_u), range(n_u)] = alpha
-    B[range(n_v - 1), range(1, n_v)] = beta[: n_v - 1]
-    _, s, vh = np.linalg.svd(B, full_matrices=False)
-    x = np.zeros(k + 1)
-    x[:n_v] = vh[0]
-    v = torch.mv(vt, torch.tensor(x, dtype=w.dtype, device=w.device))  # V's rows past n_v are zero
-    return torch.tensor(s[0], dtype=w.dtype, device=w.device), v.div_(torch.linalg.vector_norm(v))
+    return alpha, beta, V

@@ -803,6 +803,35 @@ static double span_diff_sumsq(const float *restrict a, const float *restrict b, 
     return s;
 }
 
+/* Both of the above in one loop: out[0] += ‖a − b‖², then b ← a and out[1] += ‖a‖², each sum in
+ * its own lanes in the order of NORM_LOOP (so the same bits as span_diff_sumsq followed by
+ * span_copy_sumsq), but a, b each read once, not twice. */
+static void span_refresh(const float *restrict a, float *restrict b, int64_t len, double *out) {
+    int64_t i0 = 0;
+    double dd[LANES] = {0}, dn[LANES] = {0};
+    for (; i0 + BLOCK <= len; i0 += BLOCK) {
+        float x[LANES] = {0}, y[LANES] = {0};
+        for (int k = 0; k < BLOCK; k += LANES)
+            for (int j = 0; j < LANES; j++) {
+                const float w = a[i0 + k + j], d = w - b[i0 + k + j];
+                x[j] = fmaf(d, d, x[j]);
+                y[j] = fmaf(w, w, y[j]);
+                b[i0 + k + j] = w;
+            }
+        lanes_add(dd, x);
+        lanes_add(dn, y);
+    }
+    double sd = lanes_total(dd), sn = lanes_total(dn);
+    for (int64_t i = i0; i < len; i++) {
+        const float w = a[i], d = w - b[i];
+        sd += (double)d * d;
+        sn += (double)w * w;
+        b[i] = w;
+    }
+    out[0] += sd;
+    out[1] += sn;
+}
+
 /* mode 0: dst ← src, norm[t] = ‖src_t‖;  mode 1: norm[t] = ‖dst_t − src_t‖ (nothing written). */
 int rt_snapshot_norms(int n, int mode, const int64_t *dst_ptrs, const int64_t *src_ptrs, const int64_t *sizes,
                       float *norm, int nthreads) {
@@ -822,19 +851,20 @@ int rt_snapshot_norms(int n, int mode, const int64_t *dst_ptrs, const int64_t *s
 }
 
 
-/* After a step, both of the monitor's passes in one visit of each span while it is in cache:
+/* After a step, both of the monitor's passes in one pass over the weights while they are in cache:
  * diff[t] = ‖a_t − b_t‖, then b ← a with norm[t] = ‖a_t‖ (the next step's snapshot and weight norm).
- * The same loops as modes 1 and 0 above, so the same bits as those two calls one after the other. */
+ * The same sums as modes 1 and 0 above (span_refresh), so the same bits as those two calls one
+ * after the other. One thread runs it without entering an OpenMP region (the monitor calls it
+ * every step, on weights of a few MB at most). */
 int rt_refresh_norms(int n, const int64_t *a_ptrs, const int64_t *b_ptrs, const int64_t *sizes, float *diff,
                      float *norm, int nthreads) {
     spans_t sp = make_spans(n, sizes, NULL, 0);
     double *partial = new_partial(sp, 2);
-#pragma omp parallel for schedule(static) num_threads(threads_for(sp.n, nthreads))
+    const int nth = threads_for(sp.n, nthreads);
+#pragma omp parallel for schedule(static) num_threads(nth) if (nth > 1)
     for (int64_t s = 0; s < sp.n; s++) {
         const span_t x = sp.s[s];
-        float *a = PTR(a_ptrs, x.t, x.lo), *b = PTR(b_ptrs, x.t, x.lo);
-        partial[s * 2] = span_diff_sumsq(a, b, x.hi - x.lo);
-        partial[s * 2 + 1] = span_copy_sumsq(b, a, x.hi - x.lo);
+        span_refresh(PTR(a_ptrs, x.t, x.lo), PTR(b_ptrs, x.t, x.lo), x.hi - x.lo, partial + s * 2);
     }
     float *outs[2] = {diff, norm};
     finish_norms(n, NULL, 0, sp, partial, 2, outs);
@@ -843,6 +873,87 @@ int rt_refresh_norms(int n, const int64_t *a_ptrs, const int64_t *b_ptrs, const 
     return 0;
 }
 
+
+/* ---------------------------------------------------------------------------------------------- */
+/* the monitor's σ_1: Golub-Kahan-Lanczos bidiagonalisation                                        */
+
+#define DLANES 8
+
+/* Σ x_i·y_i for x of type T and double y, in double, in DLANES lanes (so that it vectorises
+ * without -ffast-math): ddot for two double vectors, fdot for a float32 row of W and a double one. */
+#define DEFINE_DOT(name, T)                                                    \
+    static double name(const T *restrict x, const double *restrict y, int64_t n) { \
+        double acc[DLANES] = {0};                                              \
+        int64_t i = 0;                                                         \
+        for (; i + DLANES <= n; i += DLANES)                                   \
+            for (int j = 0; j < DLANES; j++) acc[j] += (double)x[i + j] * y[i + j]; \
+        double s = 0;                                                          \
+        for (int j = 0; j < DLANES; j++) s += acc[j];                          \
+        for (; i < n; i++) s += (double)x[i] * y[i];                           \
+        return s;                                                              \
+    }
+DEFINE_DOT(ddot, double)
+DEFINE_DOT(fdot, float)
+
+/* x ← x − Qᵀ(Q x) for the `rows` orthonormal rows of Q (rows × n, double): one classical
+ * Gram-Schmidt sweep, the full reorthogonalisation of a Lanczos vector. */
+static void reorthogonalise(double *restrict x, const double *restrict Q, int rows, int64_t n) {
+    for (int r = 0; r < rows; r++) {
+        const double c = ddot(Q + r * n, x, n);
+        const double *restrict q = Q + r * n;
+        for (int64_t i = 0; i < n; i++) x[i] -= c * q[i];
+    }
+}
+
+static double dnorm(const double *x, int64_t n) { return sqrt(ddot(x, x, n)); }
+
+/* Golub-Kahan-Lanczos bidiagonalisation of the row-major float32 m×n matrix w, in double, with full
+ * reorthogonalisation, from the unit vector V[0] (n doubles): up to k steps fill V ((k+1) × n) and
+ * U (k × m) row by row, alpha[j] (B's diagonal) and beta[j] (above it), U_kᵀ W V_{k+1} = B. Stops
+ * when a new vector's norm is at most eps·max(alpha[0], 1e-3·‖W‖_F) (the Krylov space is exhausted;
+ * one pass over W for ‖W‖_F first), or is not finite (then kept, as the last α or β).
+ * Returns the number of alphas, *nbeta the betas'.
+ * The monitor's top_singular_value in one call (its torch form costs a dozen dispatches a step). */
+int rt_lanczos(int64_t m, int64_t n, const float *w, int k, double eps, double *V, double *U, double *alpha,
+               double *beta, int *nbeta) {
+    const double tol_w = 1e-3 * sqrt(span_sumsq(w, m * n));
+    double tol = 0;
+    int na = 0;
+    *nbeta = 0;
+    for (int j = 0; j < k; j++) {
+        double *restrict p = U + (int64_t)j * m;
+        const double *restrict v = V + (int64_t)j * n;
+        for (int64_t i = 0; i < m; i++) p[i] = fdot(w + i * n, v, n); /* p = W v_j */
+        if (j) {
+            for (int64_t i = 0; i < m; i++) p[i] -= beta[j - 1] * U[(int64_t)(j - 1) * m + i];
+            reorthogonalise(p, U, j, m);
+        }
+        const double a = dnorm(p, m);
+        if (j == 0) tol = eps * fmax(a, tol_w);
+        if (!(a > tol)) { /* W v_j lies in span(U); or W has a NaN or inf: say so */
+            if (!isfinite(a)) alpha[na++] = a;
+            break;
+        }
+        alpha[na++] = a;
+        for (int64_t i = 0; i < m; i++) p[i] /= a;
+        double *restrict r = V + (int64_t)(j + 1) * n; /* r = Wᵀ u_j − α v_j */
+        for (int64_t c = 0; c < n; c++) r[c] = -a * v[c];
+        for (int64_t i = 0; i < m; i++) {
+            const float *restrict row = w + i * n;
+            const double u = p[i];
+            for (int64_t c = 0; c < n; c++) r[c] += u * row[c];
+        }
+        reorthogonalise(r, V, j + 1, n);
+        const double b = dnorm(r, n);
+        if (!(b > tol)) {
+            if (!isfinite(b)) beta[(*nbeta)++] = b;
+            break;
+        }
+        beta[(*nbeta)++] = b;
+        for (int64_t c = 0; c < n; c++) r[c] /= b;
+    }
+    return na;
+}
 
 /* p ← p·scale[t] for the tensors whose scale is not exactly 1 (multiplying by 1 is the identity). */
 int rt_scale(int n, const int64_t *p_ptrs, const int64_t *sizes, const float *scale, int nthreads) {

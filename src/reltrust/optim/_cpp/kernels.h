@@ -8,7 +8,7 @@
 #ifndef RELTRUST_KERNELS_H
 #define RELTRUST_KERNELS_H
 
-#define RT_ABI_VERSION 6
+#define RT_ABI_VERSION 7
 
 /* The `way` argument of the layerwise entry points (rt_fromage, rt_lars, rt_lamb; see kernels.c). */
 #define RT_BLOCKED 0
