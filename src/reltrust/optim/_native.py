@@ -464,8 +464,7 @@ def refresh_norms(a, b, diff: torch.Tensor, norm: torch.Tensor) -> None:
     """diff_i = ‖a_i − b_i‖, then b_i ← a_i with norm_i = ‖a_i‖, in one visit of each span (the monitor
     after a step: the update norms and the next step's snapshot); the same bits as `difference_norms`
     followed by `snapshot_norms`."""
-    ap, bp, sizes = _ptrs(a), _ptrs(b), _sizes(a)
-    _lib.rt_refresh_norms(len(a), _addr(ap), _addr(bp), _addr(sizes), _p(diff), _p(norm), torch.get_num_threads())
+    refresher(a, b)(_p(diff), _p(norm))
     _bump(b)
 
 

@@ -559,17 +559,18 @@ def top_singular_value(w: torch.Tensor, v0: torch.Tensor, steps: int) -> tuple[t
     """
     m, n = w.shape
     k = max(1, min(steps, m, n))
-    if _native.supported([w]) and _native.available():  # numpy around one kernel call
+    native = _native.supported([w]) and _native.available()  # then numpy around one kernel call
+    if native:
         v = v0.detach().to("cpu", torch.float64).numpy()
         start = float(np.linalg.norm(v))
-        if not start > 0:
-            raise ValueError("top_singular_value: the start vector is zero")
+    else:
+        start = float(torch.linalg.vector_norm(v0))
+    if not start > 0:
+        raise ValueError("top_singular_value: the start vector is zero")
+    if native:
         alpha, beta, V = _native.lanczos(w, v / start, k, float(torch.finfo(w.dtype).eps))
         alpha, beta = alpha.tolist(), beta.tolist()
     else:
-        start = float(torch.linalg.vector_norm(v0))
-        if not start > 0:
-            raise ValueError("top_singular_value: the start vector is zero")
         alpha, beta, V = _lanczos(w, v0 / start, k)
     n_u, n_v = len(alpha), len(beta) + 1
     if not all(map(math.isfinite, alpha + beta)):

@@ -174,6 +174,37 @@ static inline double lanes_total(const double *d) {
         (acc) += t_;                                                     \
     } while (0)
 
+/* NORM_LOOP2(len, acc1, acc2, STMT): NORM_LOOP with two sums in one loop; STMT sets `float r1, r2`,
+ * whose squares go into acc1 and acc2, each in its own lanes in NORM_LOOP's order (so each sum has
+ * the bits NORM_LOOP would give it alone). */
+#define NORM_LOOP2(len, acc1, acc2, STMT)                                \
+    do {                                                                 \
+        int64_t i0_ = 0;                                                 \
+        double d1_[LANES] = {0}, d2_[LANES] = {0};                       \
+        for (; i0_ + BLOCK <= (len); i0_ += BLOCK) {                     \
+            float a1_[LANES] = {0}, a2_[LANES] = {0};                    \
+            for (int b_ = 0; b_ < BLOCK; b_ += LANES)                    \
+                for (int j_ = 0; j_ < LANES; j_++) {                     \
+                    const int64_t i = i0_ + b_ + j_;                     \
+                    float r1, r2;                                        \
+                    STMT;                                                \
+                    a1_[j_] = fmaf(r1, r1, a1_[j_]);                     \
+                    a2_[j_] = fmaf(r2, r2, a2_[j_]);                     \
+                }                                                        \
+            lanes_add(d1_, a1_);                                         \
+            lanes_add(d2_, a2_);                                         \
+        }                                                                \
+        double t1_ = lanes_total(d1_), t2_ = lanes_total(d2_);           \
+        for (int64_t i = i0_; i < (len); i++) {                          \
+            float r1, r2;                                                \
+            STMT;                                                        \
+            t1_ += (double)r1 * r1;                                      \
+            t2_ += (double)r2 * r2;                                      \
+        }                                                                \
+        (acc1) += t1_;                                                   \
+        (acc2) += t2_;                                                   \
+    } while (0)
+
 #define PLAIN_LOOP(len, STMT)                                            \
     do {                                                                 \
         for (int64_t i = 0; i < (len); i++) {                            \
@@ -196,25 +227,7 @@ static double span_sumsq(const float *restrict a, int64_t len) {
 
 /* out[0] += Σa², out[1] += Σb²: the same loop with two read streams (same bits as span_sumsq). */
 static void span_sumsq2(const float *restrict a, const float *restrict b, int64_t len, double *out) {
-    int64_t i0 = 0;
-    double da[LANES] = {0}, db[LANES] = {0};
-    for (; i0 + BLOCK <= len; i0 += BLOCK) {
-        float x[LANES] = {0}, y[LANES] = {0};
-        for (int k = 0; k < BLOCK; k += LANES)
-            for (int j = 0; j < LANES; j++) {
-                x[j] = fmaf(a[i0 + k + j], a[i0 + k + j], x[j]);
-                y[j] = fmaf(b[i0 + k + j], b[i0 + k + j], y[j]);
-            }
-        lanes_add(da, x);
-        lanes_add(db, y);
-    }
-    double sa = lanes_total(da), sb = lanes_total(db);
-    for (int64_t i = i0; i < len; i++) {
-        sa += (double)a[i] * a[i];
-        sb += (double)b[i] * b[i];
-    }
-    out[0] += sa;
-    out[1] += sb;
+    NORM_LOOP2(len, out[0], out[1], r1 = a[i]; r2 = b[i]);
 }
 
 /* torch's lerp: self + w·(end − self) for |w| < 0.5, else end − (end − self)·(1 − w). */
@@ -807,29 +820,7 @@ static double span_diff_sumsq(const float *restrict a, const float *restrict b, 
  * its own lanes in the order of NORM_LOOP (so the same bits as span_diff_sumsq followed by
  * span_copy_sumsq), but a, b each read once, not twice. */
 static void span_refresh(const float *restrict a, float *restrict b, int64_t len, double *out) {
-    int64_t i0 = 0;
-    double dd[LANES] = {0}, dn[LANES] = {0};
-    for (; i0 + BLOCK <= len; i0 += BLOCK) {
-        float x[LANES] = {0}, y[LANES] = {0};
-        for (int k = 0; k < BLOCK; k += LANES)
-            for (int j = 0; j < LANES; j++) {
-                const float w = a[i0 + k + j], d = w - b[i0 + k + j];
-                x[j] = fmaf(d, d, x[j]);
-                y[j] = fmaf(w, w, y[j]);
-                b[i0 + k + j] = w;
-            }
-        lanes_add(dd, x);
-        lanes_add(dn, y);
-    }
-    double sd = lanes_total(dd), sn = lanes_total(dn);
-    for (int64_t i = i0; i < len; i++) {
-        const float w = a[i], d = w - b[i];
-        sd += (double)d * d;
-        sn += (double)w * w;
-        b[i] = w;
-    }
-    out[0] += sd;
-    out[1] += sn;
+    NORM_LOOP2(len, out[0], out[1], r2 = a[i]; r1 = r2 - b[i]; b[i] = r2);
 }
 
 /* mode 0: dst ← src, norm[t] = ‖src_t‖;  mode 1: norm[t] = ‖dst_t − src_t‖ (nothing written). */
